@@ -1,0 +1,1 @@
+"""Analysis of finished studies from MLflow (pandas, scipy, matplotlib; never torch)."""

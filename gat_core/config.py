@@ -1,0 +1,182 @@
+"""Configuration of one training trial: data, model, optimisation, evaluation.
+
+These pydantic models are the vocabulary shared by `gat_core`, the orchestrator
+and the analysis.  They import neither torch nor anything heavy, so the analysis
+and the CLI can validate a study without loading the training stack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gat_core.models.registry import PRESETS, parse_preset
+
+DATASET_CHANNELS = {"digits": 1, "shapes": 3, "folder": 3}
+DATASET_CLASSES = {"digits": 10}
+AugmentOp = Literal["color", "translation", "cutout", "flip"]
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors, assignment re-validates."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(StrictModel):
+    """Which images a trial trains on, at which resolution (pixel space, [-1, 1])."""
+
+    name: Literal["digits", "shapes", "folder"] = Field(
+        "shapes", description="digits: scikit-learn 8x8 digits; shapes: procedural coloured shapes; folder: one subfolder per class")
+    resolution: int = Field(16, ge=4, le=1024, description="Side length in pixels the images are resized to.")
+    path: Path | None = Field(None, description="Root folder of a `folder` dataset (one subfolder per class).")
+    num_classes: int | None = Field(None, ge=1, description="Number of classes of `shapes` (default 10); fixed by the data otherwise.")
+    size: int = Field(8000, ge=16, description="Number of images generated for `shapes`.")
+    seed: int = Field(0, description="Seed of procedural data.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.name == "folder" and self.path is None:
+            raise ValueError("dataset.path: required when dataset.name is 'folder'")
+        if self.name != "folder" and self.path is not None:
+            raise ValueError(f"dataset.path: only used by the 'folder' dataset, not '{self.name}'")
+        if self.name != "shapes" and self.num_classes is not None:
+            raise ValueError(f"dataset.num_classes: only settable for 'shapes'; '{self.name}' takes it from the data")
+        return self
+
+    @property
+    def channels(self) -> int:
+        return DATASET_CHANNELS[self.name]
+
+
+class ModelConfig(StrictModel):
+    """Sizes of the generator and the discriminator.
+
+    Either a registry preset (`GAT-S/2` ... `GAT-XL/8`, DiT's depths/widths/heads)
+    or free sizes for micro-scale studies.  The discriminator defaults to the
+    generator's size; `d_width`/`d_depth`/`d_heads` decouple them.
+    """
+
+    preset: str | None = Field(None, description=f"Registry size, one of {sorted(PRESETS)} x /2,/4,/8; overrides width/depth/heads/patch_size.")
+    width: int = Field(64, ge=8, description="Generator width (model dimension).")
+    depth: int = Field(4, ge=1, description="Generator depth (number of blocks).")
+    heads: int = Field(4, ge=1, description="Generator attention heads.")
+    patch_size: int = Field(2, ge=1, description="Patch size (pixels or latent cells per token side).")
+    d_width: int | None = Field(None, ge=8, description="Discriminator width (default: width).")
+    d_depth: int | None = Field(None, ge=1, description="Discriminator depth (default: depth).")
+    d_heads: int | None = Field(None, ge=1, description="Discriminator heads (default: heads).")
+    z_dim: int = Field(64, ge=1, description="Latent noise dimension.")
+    class_dim: int = Field(64, ge=1, description="Generator class-embedding dimension.")
+    d_cond_dim: int | None = Field(
+        None, ge=1, description="Discriminator class-projection dimension (paper: 2048). Default: 2048 for width >= 256, else 4 x d_width.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            preset = parse_preset(str(data["preset"]))  # raises ValueError naming the choices
+            data = {**data, **{k: v for k, v in preset.items()}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "ModelConfig":
+        if self.width % self.heads:
+            raise ValueError(f"model.heads: width {self.width} is not divisible by heads {self.heads}")
+        if (self.width // self.heads) % 4:
+            raise ValueError(f"model.heads: head dimension {self.width // self.heads} must be a multiple of 4 (2-D RoPE)")
+        if self.disc_width % self.disc_heads:
+            raise ValueError(f"model.d_heads: d_width {self.disc_width} is not divisible by d_heads {self.disc_heads}")
+        if (self.disc_width // self.disc_heads) % 4:
+            raise ValueError(f"model.d_heads: head dimension {self.disc_width // self.disc_heads} must be a multiple of 4 (2-D RoPE)")
+        return self
+
+    @property
+    def disc_width(self) -> int:
+        return self.d_width or self.width
+
+    @property
+    def disc_depth(self) -> int:
+        return self.d_depth or self.depth
+
+    @property
+    def disc_heads(self) -> int:
+        return self.d_heads or self.heads
+
+    @property
+    def disc_cond_dim(self) -> int:
+        if self.d_cond_dim is not None:
+            return self.d_cond_dim
+        return 2048 if self.disc_width >= 256 else 4 * self.disc_width
+
+
+class TrainConfig(StrictModel):
+    """Optimisation and the GAT method switches (MNG, learning-rate rule, penalties)."""
+
+    steps: int | None = Field(None, ge=1, description="Training iterations (one D step + one G step each).")
+    flops_budget: float | None = Field(None, gt=0, description="Training budget in FLOPs (2 per MAC); converted to steps.")
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(2e-4, gt=0, lt=1, description="Base learning rate (at lr_base_width when lr_rule is 'width').")
+    lr_rule: Literal["width", "constant"] = Field("width", description="width: lr = lr * lr_base_width / width, per network.")
+    lr_base_width: int = Field(768, ge=1)
+    beta1: float = Field(0.0, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0, description="Gradient-norm clip for G and D (null: off).")
+    ema: float = Field(0.999, ge=0, lt=1, description="EMA decay of the generator per iteration.")
+    w_avg_beta: float = Field(0.995, ge=0, lt=1, description="EMA decay of the per-class mean style (truncation).")
+    mng: Literal["exp", "linear", "off"] = Field("exp", description="Multi-level noise-perturbed guidance schedule.")
+    mng_levels: int = Field(4, ge=2, le=8, description="K output heads / noise levels when MNG is on.")
+    mng_min_info: float = Field(0.125, gt=0, lt=1, description="Signal fraction of the noisiest level (exp schedule).")
+    r1_gamma: float = Field(0.1, ge=0, description="R1 weight (applied as gamma/2).")
+    r2_gamma: float = Field(0.1, ge=0, description="R2 weight (applied as gamma/2).")
+    penalty: Literal["approx", "exact"] = Field("approx", description="Finite-difference or exact gradient penalties.")
+    penalty_sigma: float = Field(0.01, gt=0, description="Perturbation std of the approximated penalties.")
+    augment: list[AugmentOp] = Field(default_factory=list, description="DiffAugment policy applied to real and fake.")
+    seed: int = Field(0, description="Seed of initialisation, noise and batch order.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    log_every: int = Field(10, ge=1, description="Steps between metric reports.")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+
+    @model_validator(mode="after")
+    def _budget(self) -> "TrainConfig":
+        if (self.steps is None) == (self.flops_budget is None):
+            raise ValueError("train.steps: give exactly one of train.steps and train.flops_budget")
+        return self
+
+    @property
+    def levels(self) -> int:
+        """Number of generator outputs the discriminator judges."""
+        return 1 if self.mng == "off" else self.mng_levels
+
+
+class EvalConfig(StrictModel):
+    """When and how samples are scored during training."""
+
+    metric: Literal["fd_classifier"] = Field("fd_classifier", description="Quality metric (named by its feature extractor).")
+    interval: int = Field(100, ge=1, description="Steps between evaluations with the EMA generator.")
+    num_samples: int = Field(1000, ge=2, description="Generated samples per in-training evaluation.")
+    final_samples: int = Field(2000, ge=2, description="Generated samples of the final evaluation.")
+    batch_size: int = Field(250, ge=1)
+    grid_size: int = Field(8, ge=1, le=32, description="Sample grid is grid_size x grid_size images.")
+    classifier_epochs: int = Field(8, ge=1, description="Epochs of the feature classifier trained on the dataset.")
+
+
+class TrialConfig(StrictModel):
+    """Everything one trial needs; what `gat_core.train` consumes."""
+
+    dataset: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=1000))
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _consistency(self) -> "TrialConfig":
+        res, p = self.dataset.resolution, self.model.patch_size
+        if res % p:
+            raise ValueError(f"model.patch_size: {p} does not divide dataset.resolution {res}")
+        if self.train.mng != "off" and self.model.depth < self.train.mng_levels:
+            raise ValueError(
+                f"model.depth: {self.model.depth} blocks cannot carry train.mng_levels={self.train.mng_levels} output heads")
+        return self

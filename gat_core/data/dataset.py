@@ -1,0 +1,70 @@
+"""The in-memory image dataset every loader returns, and the error they raise."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be built from its config (missing folder, no images, ...)."""
+
+
+def quantize_uint8(images: Tensor) -> Tensor:
+    """[-1, 1] floats -> uint8 pixels, the way an image file would store them.
+
+    Used wherever two image sets must be compared on equal terms (metrics,
+    fingerprints): float noise below one grey level must not matter.
+    """
+    return ((images.detach() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass(eq=False)
+class ImageDataset:
+    """All images of a dataset as one tensor; small enough for memory by design.
+
+    The study datasets are tiny (thousands of images at 8-64 px), so holding
+    them as one float tensor keeps batching trivial and fast.  Treat instances
+    as immutable: the fingerprint is computed once and cached.
+    """
+
+    images: Tensor  # float32 [N, C, H, W] in [-1, 1]
+    labels: Tensor  # int64 [N]
+    num_classes: int
+    name: str
+    class_names: tuple[str, ...] = ()
+    _fingerprint: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != torch.float32:
+            raise ValueError(f"images: expected float32 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],) or self.labels.dtype != torch.int64:
+            raise ValueError(f"labels: expected int64 [{self.images.shape[0]}], got {self.labels.dtype} {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def resolution(self) -> int:
+        return self.images.shape[-1]
+
+    def fingerprint(self) -> str:
+        """Short hash of the content, so derived assets (classifier, reference stats) are cached per dataset.
+
+        Hashes the uint8-quantised pixels rather than the config: a change in
+        a loader or in a folder's files invalidates the caches by itself.
+        """
+        if self._fingerprint is None:
+            h = hashlib.blake2b(digest_size=8)
+            h.update(f"{self.name}|{self.num_classes}|{tuple(self.images.shape)}".encode())
+            h.update(quantize_uint8(self.images).contiguous().numpy().tobytes())
+            h.update(self.labels.contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint

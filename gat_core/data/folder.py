@@ -1,0 +1,70 @@
+"""Image-folder datasets: one subfolder per class, any format PIL reads."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from gat_core.data.dataset import DatasetError
+
+_MAX_NAMED = 10  # skipped files listed by name in the warning
+
+
+def _load_square(file: Path, resolution: int) -> np.ndarray:
+    """One file -> uint8 [R, R, 3]: EXIF-rotated, RGB, centre-cropped to a square, bicubic-resized."""
+    with Image.open(file) as im:
+        im.load()  # decode now, so truncated files fail here rather than later
+        im = ImageOps.exif_transpose(im).convert("RGB")
+    w, h = im.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    im = im.crop((left, top, left + side, top + side))
+    im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_folder(root: Path, resolution: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+    """Images [N, 3, R, R] in [-1, 1], labels, and class names (sorted subfolder names).
+
+    Unreadable files are skipped and reported in one warning naming them, so a
+    single corrupt download does not cost a whole study.
+    """
+    if not root.is_dir():
+        raise DatasetError(f"dataset.path: folder {root} does not exist or is not a directory")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"dataset.path: folder {root} has no class subfolders (expected one subfolder per class)")
+
+    pixels: list[np.ndarray] = []
+    labels: list[int] = []
+    skipped: list[str] = []
+    empty: list[str] = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.is_file() and not p.name.startswith("."))
+        before = len(pixels)
+        for file in files:
+            try:
+                pixels.append(_load_square(file, resolution))
+            except Exception as err:  # any decoder failure of one file: skip it, report below
+                skipped.append(f"{file} ({type(err).__name__}: {err})")
+                continue
+            labels.append(label)
+        if len(pixels) == before:
+            empty.append(name)
+
+    if skipped:
+        named = "; ".join(skipped[:_MAX_NAMED])
+        more = f"; and {len(skipped) - _MAX_NAMED} more" if len(skipped) > _MAX_NAMED else ""
+        warnings.warn(f"dataset {root}: skipped {len(skipped)} unreadable file(s): {named}{more}", stacklevel=3)
+    if not pixels:
+        raise DatasetError(f"dataset.path: folder {root} has no readable images in its class subfolders {classes}")
+    if empty:
+        warnings.warn(f"dataset {root}: class subfolder(s) without readable images: {empty}", stacklevel=3)
+
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return images.contiguous(), torch.tensor(labels, dtype=torch.int64), tuple(classes)

@@ -1,0 +1,1 @@
+"""GAT generator, discriminator and the size registry."""

@@ -1,0 +1,24 @@
+"""Model size registry: `GAT-XL/2` -> depth, width, heads, patch size (DiT's sizes)."""
+
+from __future__ import annotations
+
+PRESETS: dict[str, dict[str, int]] = {
+    "GAT-S": {"depth": 12, "width": 384, "heads": 6},
+    "GAT-B": {"depth": 12, "width": 768, "heads": 12},
+    "GAT-L": {"depth": 24, "width": 1024, "heads": 16},
+    "GAT-XL": {"depth": 28, "width": 1152, "heads": 16},
+}
+PATCH_SIZES = (2, 4, 8)
+
+
+def preset_names() -> list[str]:
+    """Every registry entry, e.g. `GAT-S/2`."""
+    return [f"{size}/{p}" for size in PRESETS for p in PATCH_SIZES]
+
+
+def parse_preset(name: str) -> dict[str, int]:
+    """`GAT-B/4` -> {depth, width, heads, patch_size}; ValueError naming the choices otherwise."""
+    size, _, patch = name.partition("/")
+    if size not in PRESETS or not patch.isdigit() or int(patch) not in PATCH_SIZES:
+        raise ValueError(f"model.preset: unknown preset {name!r}; expected one of {', '.join(preset_names())}")
+    return {**PRESETS[size], "patch_size": int(patch)}

@@ -1,0 +1,1 @@
+"""Training objectives: MNG noise levels and the RpGAN losses with R1/R2."""

@@ -1,0 +1,60 @@
+"""Dry run: what each trial and the whole study will cost, without Ray and without training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gat_core.config import DATASET_CLASSES, DataConfig
+from gat_core.flops import TrialCost, trial_cost
+from orchestrator.study import Study, Trial
+
+
+def dataset_classes(cfg: DataConfig) -> int:
+    """Class count without loading images (a folder dataset counts its subfolders)."""
+    if cfg.name == "shapes":
+        return cfg.num_classes or 10
+    if cfg.name == "folder":
+        root = Path(cfg.path or ".")
+        return max(1, sum(1 for p in root.iterdir() if p.is_dir())) if root.is_dir() else 1
+    return DATASET_CLASSES[cfg.name]
+
+
+def plan_trial(trial: Trial) -> TrialCost:
+    return trial_cost(trial.config, dataset_classes(trial.config.dataset))
+
+
+def plan_rows(study: Study) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.trials:
+        m, cost = t.config.model, plan_trial(t)
+        rows.append({
+            "trial_id": t.trial_id, "name": t.name, "swept": t.swept,
+            "g": f"{m.width}x{m.depth}/h{m.heads}", "d": f"{m.disc_width}x{m.disc_depth}/h{m.disc_heads}",
+            "patch": m.patch_size, "tokens": (t.config.dataset.resolution // m.patch_size) ** 2,
+            **cost.as_dict(),
+        })
+    return rows
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def format_plan(study: Study, rows: list[dict[str, Any]]) -> str:
+    header = ["#", "trial_id", "name", "G", "D", "p", "tok", "params G", "params D", "GFLOPs G", "GFLOPs D",
+              "steps", "batch", "train MACs"]
+    table = [[str(i), r["trial_id"], r["name"], r["g"], r["d"], str(r["patch"]), str(r["tokens"]), _si(r["params_g"]),
+              _si(r["params_d"]), f"{r['gflops_g']:.4f}", f"{r['gflops_d']:.4f}", str(r["steps"]), str(r["batch_size"]),
+              _si(r["train_flops"])] for i, r in enumerate(rows)]
+    widths = [max(len(row[c]) for row in [header, *table]) for c in range(len(header))]
+    lines = [f"study {study.config.name} ({study.source}): {len(rows)} trials",
+             "  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+    total = sum(r["train_flops"] for r in rows)
+    lines.append(f"total training compute: {_si(total)} MACs ({_si(2 * total)} FLOPs at 2 per MAC); "
+                 "GFLOPs = forward MACs per image (DiT convention)")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""Live progress of a study: a table of trials with status, step, latest metric and ETA."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from ray import tune
+
+REFRESH_SECONDS = 15.0
+
+
+class ProgressTable(tune.Callback):
+    """Prints a compact trial table every REFRESH_SECONDS and whenever a trial ends."""
+
+    def __init__(self, names: dict[str, str], refresh: float = REFRESH_SECONDS) -> None:
+        self.names, self.refresh = names, refresh
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.first_seen: dict[str, tuple[float, int]] = {}
+        self.last_print = 0.0
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        tid = trial.config["trial_id"]
+        row = self.latest.setdefault(tid, {})
+        row.update({k: v for k, v in result.items() if isinstance(v, (int, float))})
+        self.first_seen.setdefault(tid, (time.monotonic(), int(result.get("step", 0))))
+        if time.monotonic() - self.last_print >= self.refresh:
+            self.print_table(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.print_table(trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.print_table(trials)
+
+    def _eta(self, tid: str, row: dict[str, Any]) -> str:
+        if tid not in self.first_seen or "step" not in row:
+            return "-"
+        start, step0 = self.first_seen[tid]
+        done = row["step"] - step0
+        left = row.get("total_steps", 0) - row["step"]
+        if left <= 0:
+            return "0s"
+        if done <= 0:
+            return "-"
+        return f"{(time.monotonic() - start) / done * left:.0f}s"
+
+    def print_table(self, trials: list) -> None:
+        self.last_print = time.monotonic()
+        lines = [f"{'trial':<40} {'status':<10} {'step':>11} {'fd':>9} {'loss_d':>7} {'eta':>7}"]
+        for trial in trials:
+            tid = trial.config["trial_id"]
+            row = self.latest.get(tid, {})
+            fd = next((v for k, v in row.items() if k.startswith("fd_")), None)
+            step = f"{row.get('step', 0)}/{row.get('total_steps', '?')}"
+            lines.append(f"{self.names.get(tid, tid)[:40]:<40} {trial.status.lower():<10} {step:>11} "
+                         f"{'-' if fd is None else f'{fd:.3f}':>9} {row.get('loss_d', float('nan')):>7.3f} "
+                         f"{self._eta(tid, row):>7}")
+        print("\n".join(lines), file=sys.stderr, flush=True)

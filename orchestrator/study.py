@@ -1,0 +1,255 @@
+"""Study files: load the YAML, apply `--set` overrides, validate, expand the grid into trials.
+
+Every error names the file (or the override), the dotted key and what was
+expected, and is raised before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from gat_core.config import DataConfig, EvalConfig, ModelConfig, StrictModel, TrainConfig, TrialConfig
+
+TRIAL_SECTIONS = ("dataset", "model", "train", "eval")
+_KEY_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+(?:\.[a-z_0-9]+)+): (.*)$", re.S)
+
+
+class StudyError(ValueError):
+    """A study that cannot run; `problems` are 'where: key: what' lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class ResourcesConfig(StrictModel):
+    """What one trial may use, and how many trials run at once."""
+
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_concurrent: int | None = Field(None, ge=1, description="Trials at once (default: as many as the resources allow).")
+    max_failures: int = Field(2, ge=0, description="Restarts of a crashed trial from its checkpoint.")
+
+
+class TrackingConfig(StrictModel):
+    """Where results go: an MLflow URI (default: sqlite under the output folder) and experiment."""
+
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db.")
+    experiment: str | None = Field(None, description="MLflow experiment; default: the study name.")
+
+
+class StudyConfig(StrictModel):
+    """A study file: a base trial, a grid of changes to it, resources and tracking."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Study name (experiment and folder name).")
+    description: str = ""
+    output_dir: Path | None = Field(None, description="Folder for checkpoints, samples and the default MLflow store; default runs/<name>.")
+    dataset: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=1000))
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted key -> list of values; trials are the cartesian product.")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_keys(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if key.split(".")[0] not in TRIAL_SECTIONS:
+                raise ValueError(f"grid.{key}: can only sweep keys under {', '.join(TRIAL_SECTIONS)}")
+            if not values:
+                raise ValueError(f"grid.{key}: empty list of values")
+        return grid
+
+    @property
+    def out(self) -> Path:
+        return (self.output_dir or Path("runs") / self.name).resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{self.out / 'mlflow.db'}"
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One grid point: its id (a hash of its config), a readable name and its validated config."""
+
+    trial_id: str
+    name: str
+    index: int
+    swept: dict[str, Any]
+    config: TrialConfig
+
+    def params(self) -> dict[str, Any]:
+        """Flattened dotted parameters (`model.width`, `train.mng`, ...)."""
+        return flatten(self.config.model_dump(mode="json"))
+
+
+@dataclass(frozen=True)
+class Study:
+    config: StudyConfig
+    source: str
+    raw: dict[str, Any]
+    trials: list[Trial]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict; a dict value merges into what is there."""
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        node[leaf] = {**node[leaf], **value}
+    else:
+        node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.steps=200` -> ('train.steps', 200); values are YAML (numbers, lists, true/false)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_/.-]+)*", key):
+        raise StudyError([f"--set {text}: expected KEY=VALUE with a dotted key, e.g. train.steps=200"])
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise StudyError([f"--set {text}: value is not valid YAML ({exc})"]) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        key, value = parse_override(text)
+        if key.startswith("grid."):
+            raw.setdefault("grid", {})
+            if not isinstance(raw["grid"], dict):
+                raise StudyError([f"--set {text}: the study's grid is not a mapping"])
+            raw["grid"][key[len("grid."):]] = value if isinstance(value, list) else [value]
+        else:
+            set_dotted(raw, key, value)
+    return raw
+
+
+def _format_errors(exc: ValidationError, where: str, prefix: str = "") -> list[str]:
+    lines = []
+    for err in exc.errors():
+        key = prefix + ".".join(str(part) for part in err["loc"])
+        msg = err["msg"]
+        match = _KEY_PREFIX.match(msg)
+        if match:  # a cross-field check names its own key
+            key, msg = (f"{prefix}{match.group(1)}" if prefix.startswith("grid") else match.group(1)), match.group(2)
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"{where}: {key or '<top level>'}: {msg}")
+    return lines
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse a study file with yaml.safe_load; errors carry the line and column."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise StudyError([f"{path}: cannot read study file ({exc.strerror})"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise StudyError([f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
+    if not isinstance(raw, dict):
+        raise StudyError([f"{path}: a study file must be a mapping of keys (name, dataset, model, ...), got {type(raw).__name__}"])
+    return raw
+
+
+def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Cartesian product of the grid's value lists, in file order (first key varies slowest)."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def _slug(swept: dict[str, Any]) -> str:
+    if not swept:
+        return "base"
+    parts = []
+    for key, value in swept.items():
+        leaf = key.split(".")[-1]
+        text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+        parts.append(f"{leaf}={text}")
+    return re.sub(r"[^A-Za-z0-9=_.,/-]+", "", ",".join(parts))[:120]
+
+
+def trial_hash(config: TrialConfig) -> str:
+    """Stable id of a trial's full config: the same config is the same trial across reruns."""
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
+    """Read, override, validate and expand a study; raises StudyError listing every problem."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    where = f"{path}" + (" (with --set overrides)" if overrides else "")
+    try:
+        config = StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise StudyError(_format_errors(exc, where)) from None
+
+    base = {section: raw.get(section, {}) or {} for section in TRIAL_SECTIONS}
+    if "train" not in raw:
+        base["train"] = {"steps": 1000}
+    problems: list[str] = []
+    trials: list[Trial] = []
+    seen: dict[str, int] = {}
+    for index, point in enumerate(expand_grid(config.grid)):
+        tree = copy.deepcopy(base)
+        for key, value in point.items():
+            set_dotted(tree, key, value)
+        try:
+            trial_cfg = TrialConfig.model_validate(tree)
+        except ValidationError as exc:
+            label = ", ".join(f"{k}={v}" for k, v in point.items()) or "base config"
+            problems += [f"{line} [grid point {index}: {label}]" for line in _format_errors(exc, where)]
+            continue
+        trial_id = trial_hash(trial_cfg)
+        if trial_id in seen:
+            problems.append(f"{where}: grid: grid points {seen[trial_id]} and {index} give the same trial ({_slug(point)})")
+            continue
+        seen[trial_id] = index
+        trials.append(Trial(trial_id=trial_id, name=_slug(point), index=index, swept=point, config=trial_cfg))
+    if problems:
+        raise StudyError(sorted(set(problems), key=problems.index))
+    return Study(config=config, source=str(path), raw=raw, trials=trials)

@@ -1,0 +1,38 @@
+"""Human-readable summaries of a study: the end-of-run table and `gat-study status`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.study import Study, load_study
+
+
+def format_outcomes(study: Study, outcomes: list, uri: str) -> str:
+    metric = study.config.eval.metric
+    lines = [f"study {study.config.name}: {sum(o.status == 'completed' for o in outcomes)}/{len(outcomes)} completed",
+             f"{'trial_id':<11} {'name':<40} {'status':<10} {'step':>7} {metric:>14}  run_id"]
+    for o in outcomes:
+        value = "-" if o.metric is None else f"{o.metric:.4f}"
+        lines.append(f"{o.trial_id:<11} {o.name[:40]:<40} {o.status:<10} {o.step:>7} {value:>14}  {o.run_id}")
+    lines.append(f"MLflow: {uri}  (experiment {study.config.experiment}; `mlflow ui --backend-store-uri {uri}`)")
+    lines.append(f"checkpoints and samples: {study.config.out / 'trials'}/<trial_id>/")
+    return "\n".join(lines)
+
+
+def study_status(path: Path, overrides: list[str], tracking_uri: str | None) -> str:
+    from orchestrator.runner import collect_outcomes
+    from orchestrator.tracking import StudyTracker
+
+    study = load_study(path, overrides)
+    uri = tracking_uri or study.config.tracking_uri
+    tracker = StudyTracker(uri, study.config.experiment, artifact_root=study.config.out / "mlartifacts")
+    parent = tracker.parent_run(study.config.name)
+    if parent is None:
+        return f"study {study.config.name}: not started (no runs in {uri})"
+    parent_status = tracker.client.get_run(parent).data.tags.get("status", "unknown")
+    counts: dict[str, int] = {}
+    outcomes = collect_outcomes(study, tracker)
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    head = f"study {study.config.name} [{parent_status}]: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return head + "\n" + format_outcomes(study, outcomes, uri)

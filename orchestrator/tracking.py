@@ -1,0 +1,196 @@
+"""MLflow: one experiment per study, a parent run per study, one nested child run per trial.
+
+The driver creates every run before any trial starts (so concurrent trials never
+race to create them, and a rerun finds them by tag).  Trials only append to their
+own child run, in batches, through `TrialLogger`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from orchestrator.study import Study, Trial
+
+log = logging.getLogger(__name__)
+
+STUDY_TAG = "gat_study.study"
+ROLE_TAG = "gat_study.role"
+PARENT_TAG = "mlflow.parentRunId"
+FINAL_STATUSES = ("completed", "diverged")
+PACKAGES = ("torch", "ray", "mlflow", "pydantic", "numpy", "scipy", "pandas", "diffusers", "timm", "gat-study")
+_MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+
+
+def code_version() -> dict[str, str]:
+    """Git commit and uncommitted diff of the source tree this package runs from."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD").strip() or "unknown"
+    return {"commit": commit, "diff": git("diff", "HEAD") if commit != "unknown" else ""}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _params(values: dict[str, Any]) -> list[Param]:
+    return [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in values.items()]
+
+
+class StudyTracker:
+    """Driver-side view of a study in MLflow."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            location = artifact_root.resolve().as_uri() if artifact_root and not uri.startswith("http") else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = found.experiment_id
+
+    def _search(self, filter_string: str) -> list:
+        return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=10000)
+
+    def parent_run(self, study_name: str) -> str | None:
+        runs = self._search(f"tags.`{ROLE_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study_name}'")
+        return runs[0].info.run_id if runs else None
+
+    def ensure_parent(self, study: Study) -> str:
+        """The study's parent run, created on the first run with the study file, grid, code and versions."""
+        run_id = self.parent_run(study.config.name)
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=study.config.name,
+                                         tags={ROLE_TAG: "study", STUDY_TAG: study.config.name})
+            run_id = run.info.run_id
+        code = code_version()
+        self.client.log_batch(run_id, tags=[RunTag("git_commit", code["commit"]), RunTag("status", "running"),
+                                            RunTag("git_dirty", str(bool(code["diff"])).lower())])
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "study.yaml").write_text(Path(study.source).read_text())
+            (folder / "resolved_study.json").write_text(study.config.model_dump_json(indent=2))
+            grid = [{"trial_id": t.trial_id, "name": t.name, "swept": t.swept, "config": t.config.model_dump(mode="json")}
+                    for t in study.trials]
+            (folder / "trials.json").write_text(json.dumps(grid, indent=2))
+            (folder / "environment.json").write_text(json.dumps(package_versions(), indent=2))
+            if code["diff"]:
+                (folder / "code.diff").write_text(code["diff"])
+            self.client.log_artifacts(run_id, str(folder), artifact_path="study")
+        return run_id
+
+    def trial_runs(self, study_name: str) -> dict[str, Any]:
+        """trial_id -> MLflow run of every child run of the study."""
+        runs = self._search(f"tags.`{ROLE_TAG}` = 'trial' and tags.`{STUDY_TAG}` = '{study_name}'")
+        return {r.data.tags["trial_id"]: r for r in runs}
+
+    def ensure_child(self, study: Study, trial: Trial, parent_id: str, cost: dict[str, float],
+                     existing: dict[str, Any]) -> str:
+        """The trial's child run: reused if it exists (one run per trial, ever), else created with its params."""
+        if trial.trial_id in existing:
+            return existing[trial.trial_id].info.run_id
+        tags = {ROLE_TAG: "trial", STUDY_TAG: study.config.name, PARENT_TAG: parent_id, "trial_id": trial.trial_id,
+                "status": "pending", "flops_convention": "MAC (DiT): 1 multiply-accumulate = 1 FLOP"}
+        run = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags)
+        params = {**trial.params(), **{k: cost[k] for k in ("gflops_g", "gflops_d", "params_g", "params_d",
+                                                          "macs_per_sample_iter", "steps")},
+                  "trial_index": trial.index, "swept": sorted(trial.swept)}
+        items = _params(params)
+        for i in range(0, len(items), 90):
+            self.client.log_batch(run.info.run_id, params=items[i:i + 90])
+        return run.info.run_id
+
+    def set_study_status(self, run_id: str, status: str) -> None:
+        self.client.set_tag(run_id, "status", status)
+        self.client.set_terminated(run_id, "FINISHED" if status == "completed" else "KILLED" if status == "interrupted" else "FAILED")
+
+
+class TrialLogger:
+    """Trial-side writer to one child run: batched metrics, retried on failure, never duplicated.
+
+    Metrics are buffered and sent every `flush_seconds` (one `log_batch` instead of one call per
+    value).  After a restart from a checkpoint, steps that were already logged are skipped, so a
+    trial's step axis stays continuous and single-valued.  A tracking server that is down keeps
+    the buffer until it answers again; training goes on.
+    """
+
+    def __init__(self, uri: str, run_id: str, flush_seconds: float = 5.0) -> None:
+        self.client = MlflowClient(tracking_uri=uri)
+        self.run_id = run_id
+        self.flush_seconds = flush_seconds
+        self.buffer: list[Metric] = []
+        self.last_flush = time.monotonic()
+        tags = self.client.get_run(run_id).data.tags
+        self.logged_through = int(tags.get("logged_through_step", -1))
+        self.skip_through = self.logged_through  # steps an earlier attempt of this trial already logged
+        self.pending_through = self.logged_through
+
+    def start(self) -> None:
+        self.client.set_tag(self.run_id, "status", "running")
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if step > self.skip_through:
+            now = int(time.time() * 1000)
+            self.buffer += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+            self.pending_through = max(self.pending_through, step)
+        if time.monotonic() - self.last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Send the buffer; keep it on failure (retried at the next flush)."""
+        self.last_flush = time.monotonic()
+        if not self.buffer:
+            return True
+        try:
+            while self.buffer:
+                chunk = self.buffer[:_MAX_BATCH]
+                self.client.log_batch(self.run_id, metrics=chunk)
+                self.buffer = self.buffer[len(chunk):]
+            self.client.set_tag(self.run_id, "logged_through_step", str(self.pending_through))
+            self.logged_through = self.pending_through
+            return True
+        except Exception as exc:  # server down, sqlite locked: try again later
+            log.warning("MLflow logging failed (%s); %d metrics kept for retry", exc, len(self.buffer))
+            return False
+
+    def artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        try:
+            self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+        except Exception as exc:
+            log.warning("MLflow artifact upload of %s failed: %s", path, exc)
+
+    def finish(self, status: str, step: int, reason: str = "") -> None:
+        for attempt in range(5):
+            if self.flush():
+                break
+            time.sleep(2 * (attempt + 1))
+        tags = {"status": status, "final_step": str(step)}
+        if reason:
+            tags["reason"] = reason
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(self.run_id, "FINISHED" if status == "completed" else "FAILED")
