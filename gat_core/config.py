@@ -124,6 +124,8 @@ class TrainConfig(StrictModel):
     beta2: float = Field(0.99, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0, description="Gradient-norm clip for G and D (null: off).")
     ema: float = Field(0.999, ge=0, lt=1, description="EMA decay of the generator per iteration.")
+    ema_warmup: bool = Field(
+        False, description="Decay min(ema, (1+step)/(10+step)): a usable EMA within a few hundred steps (micro studies).")
     w_avg_beta: float = Field(0.995, ge=0, lt=1, description="EMA decay of the per-class mean style (truncation).")
     mng: Literal["exp", "linear", "off"] = Field("exp", description="Multi-level noise-perturbed guidance schedule.")
     mng_levels: int = Field(4, ge=2, le=8, description="K output heads / noise levels when MNG is on.")

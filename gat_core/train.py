@@ -146,8 +146,11 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
+        decay = self.cfg.train.ema
+        if self.cfg.train.ema_warmup:
+            decay = min(decay, (1 + self.step) / (10 + self.step))
         ema_params, params = list(self.G_ema.parameters()), list(self.G.parameters())
-        torch._foreach_lerp_(ema_params, params, 1.0 - self.cfg.train.ema)
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         for ema_buf, buf in zip(self.G_ema.buffers(), self.G.buffers()):
             ema_buf.copy_(buf)
 
@@ -243,8 +246,8 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
         trainer.load_state_dict(state)
     accuracy = trainer.prepare_eval()
     total, t, e = trainer.total_steps, cfg.train, cfg.eval
-    report(TrainEvent("start", trainer.step, total, {"classifier_accuracy": accuracy, "lr_g": trainer.lr_g,
-                                                     "lr_d": trainer.lr_d}))
+    start = {"classifier_accuracy": accuracy, **({"resumed_from_step": float(trainer.step)} if trainer.step else {})}
+    report(TrainEvent("start", trainer.step, total, start))
     if trainer.step == 0:
         report(TrainEvent("eval", 0, total, {**trainer.evaluate(e.num_samples), "train_flops": 0.0}))
 
@@ -260,6 +263,7 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
             metrics = _mean_logs(sums, count)
             elapsed = time.perf_counter() - tic
             metrics.update(train_flops=trainer.train_flops(), sec_per_step=elapsed / count,
+                           lr_g=trainer.opt_g.param_groups[0]["lr"], lr_d=trainer.opt_d.param_groups[0]["lr"],
                            macs_per_sec=trainer.cost.macs_per_sample_iter * t.batch_size * count / elapsed)
             bad = [k for k, v in metrics.items() if not math.isfinite(v)]
             if bad:

@@ -69,7 +69,7 @@ def run_trial(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[s
 
     def report(event: TrainEvent) -> None:
         if event.metrics:
-            logger.log(event.step, event.metrics)
+            logger.log(event.step, event.metrics, always=event.kind == "start")
         for name, path in event.artifacts.items():
             if name == "samples":
                 logger.artifact(path, "samples")

@@ -153,8 +153,9 @@ class TrialLogger:
         self.client.set_tag(self.run_id, "status", "running")
         self.client.update_run(self.run_id, status="RUNNING")
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        if step > self.skip_through:
+    def log(self, step: int, metrics: dict[str, float], always: bool = False) -> None:
+        """Buffer metrics at `step`; steps an earlier attempt logged are skipped unless `always`."""
+        if step > self.skip_through or always:
             now = int(time.time() * 1000)
             self.buffer += [Metric(k, float(v), now, step) for k, v in metrics.items()]
             self.pending_through = max(self.pending_through, step)

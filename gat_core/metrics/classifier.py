@@ -147,7 +147,8 @@ def train_classifier(
     accuracy = _accuracy(model, x[eval_idx], y[eval_idx], device)
     log.info("classifier on %s: %d epochs in %.1fs, held-out accuracy %.4f",
              dataset.name, epochs, time.perf_counter() - start_time, accuracy)
-    return model.eval(), accuracy
+    # Back to the default layout: a freshly trained and a reloaded model must compute bit-identical features.
+    return model.to(memory_format=torch.contiguous_format).eval(), accuracy
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
