@@ -111,6 +111,16 @@ class ModelConfig(StrictModel):
         return 2048 if self.disc_width >= 256 else 4 * self.disc_width
 
 
+class VFMConfig(StrictModel):
+    """REPA-style alignment of D's tokens to a frozen DINOv2 (weights from a local file)."""
+
+    weights: Path | None = Field(None, description="Local DINOv2 weights file (default: $GAT_STUDY_DINOV2_WEIGHTS).")
+    model: str = Field("vit_base_patch14_dinov2", description="timm model name of the teacher.")
+    weight: float = Field(1.0, ge=0, description="Loss weight of the alignment term.")
+    image_size: int = Field(224, ge=14, description="Teacher input size (224 = 16x16 patches at /14).")
+    hidden_dim: int = Field(2048, ge=8, description="Hidden width of the projection MLP on D's tokens.")
+
+
 class TrainConfig(StrictModel):
     """Optimisation and the GAT method switches (MNG, learning-rate rule, penalties)."""
 
@@ -135,9 +145,12 @@ class TrainConfig(StrictModel):
     penalty: Literal["approx", "exact"] = Field("approx", description="Finite-difference or exact gradient penalties.")
     penalty_sigma: float = Field(0.01, gt=0, description="Perturbation std of the approximated penalties.")
     augment: list[AugmentOp] = Field(default_factory=list, description="DiffAugment policy applied to real and fake.")
+    vfm: VFMConfig | None = Field(None, description="VFM alignment of D (off when not configured).")
     seed: int = Field(0, description="Seed of initialisation, noise and batch order.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    grad_checkpoint: bool = Field(False, description="Recompute block activations in backward (saves memory, costs compute).")
+    compile: bool = Field(False, description="torch.compile every transformer block (pays off on GPU, rarely on CPU).")
     log_every: int = Field(10, ge=1, description="Steps between metric reports.")
     checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
 

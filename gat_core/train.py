@@ -21,16 +21,18 @@ import torch
 from torch import nn
 
 from gat_core import checkpoint as ckpt
-from gat_core.augment import DiffAugment
+from gat_core.augment import AugmentParams, DiffAugment
 from gat_core.config import TrialConfig
 from gat_core.data import BatchSampler, load_dataset
+from gat_core.diagnostics import OutputProbe, block_utilisation
 from gat_core.flops import TrialCost, trial_cost
 from gat_core.metrics import fd_of_generator, load_or_train_classifier, reference_stats
 from gat_core.models.discriminator import GATDiscriminator
 from gat_core.models.generator import GATGenerator
-from gat_core.objectives.gan import Judge, discriminator_loss, generator_loss
+from gat_core.objectives.gan import Align, Judge, discriminator_loss, generator_loss
 from gat_core.objectives.mng import noise_levels
 from gat_core.samples import save_sample_grid
+from gat_core.vfm import REPAHead, VFMTeacher, alignment_loss
 
 KEEP_CHECKPOINTS = 2
 RESULT_FILE = "result.json"
@@ -77,12 +79,13 @@ def learning_rates(cfg: TrialConfig) -> tuple[float, float]:
 
 def build_networks(cfg: TrialConfig, num_classes: int) -> tuple[GATGenerator, GATDiscriminator]:
     m, d, levels = cfg.model, cfg.dataset, cfg.train.levels
+    ckpt_blocks = cfg.train.grad_checkpoint
     gen = GATGenerator(channels=d.channels, resolution=d.resolution, patch_size=m.patch_size, width=m.width,
                        depth=m.depth, heads=m.heads, num_classes=num_classes, levels=levels,
-                       z_dim=m.z_dim, class_dim=m.class_dim)
+                       z_dim=m.z_dim, class_dim=m.class_dim, grad_checkpoint=ckpt_blocks)
     disc = GATDiscriminator(channels=d.channels, levels=levels, resolution=d.resolution, patch_size=m.patch_size,
                             width=m.disc_width, depth=m.disc_depth, heads=m.disc_heads, num_classes=num_classes,
-                            cond_dim=m.disc_cond_dim)
+                            cond_dim=m.disc_cond_dim, grad_checkpoint=ckpt_blocks)
     return gen, disc
 
 
@@ -105,12 +108,44 @@ class Trainer:
 
         self.G, self.D = (net.to(self.device) for net in build_networks(cfg, self.dataset.num_classes))
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        if t.compile:
+            for block in [*self.G.blocks, *self.D.blocks]:
+                block.compile()
+        self.teacher, self.repa_head = self._build_vfm()
         self.lr_g, self.lr_d = learning_rates(cfg)
         adam = dict(betas=(t.beta1, t.beta2), eps=1e-8, weight_decay=0.0)
+        d_params = [*self.D.parameters(), *(self.repa_head.parameters() if self.repa_head else [])]
         self.opt_g = torch.optim.AdamW(self.G.parameters(), lr=self.lr_g, **adam)
-        self.opt_d = torch.optim.AdamW(self.D.parameters(), lr=self.lr_d, **adam)
+        self.opt_d = torch.optim.AdamW(d_params, lr=self.lr_d, **adam)
         self.judge = Judge(self.D, noise_levels(t.mng, t.mng_levels, t.mng_min_info), DiffAugment(t.augment))
         self.step = 0
+        probe_gen = torch.Generator().manual_seed(7)
+        n = min(8, len(self.dataset.labels))
+        real, labels = self.dataset.images[:n].to(self.device), self.dataset.labels[:n].to(self.device)
+        self.probe = OutputProbe(z=torch.randn(n, self.G.z_dim, generator=probe_gen).to(self.device), labels=labels,
+                                 real_stack=real.repeat(1, t.levels, 1, 1))
+
+    def _build_vfm(self) -> tuple[VFMTeacher | None, REPAHead | None]:
+        vfm = self.cfg.train.vfm
+        if vfm is None:
+            return None, None
+        teacher = VFMTeacher(vfm.model, vfm.weights, vfm.image_size).to(self.device)
+        head = REPAHead(self.cfg.model.disc_width, teacher.dim, vfm.hidden_dim).to(self.device)
+        return teacher, head
+
+    def _align(self, real: torch.Tensor) -> Align | None:
+        """Alignment loss closure for this batch: the teacher sees the reals' flip and translation."""
+        if self.teacher is None:
+            return None
+        grid = self.cfg.dataset.resolution // self.cfg.model.patch_size
+        geometric = DiffAugment(["translation", "flip"])
+
+        def align(tokens: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+            shown = geometric.apply(real, AugmentParams(shift=params.shift, flip=params.flip))
+            teacher_cls, teacher_patches = self.teacher(shown, grid)
+            return alignment_loss(self.repa_head(tokens), teacher_cls, teacher_patches)
+
+        return align
 
     # --- the method -------------------------------------------------------------------------
     def iteration(self) -> dict[str, torch.Tensor]:
@@ -124,7 +159,8 @@ class Trainer:
         self.D.requires_grad_(True)
         with self.autocast():
             loss_d, logs = discriminator_loss(self.judge, real, fake_levels, labels, t.r1_gamma, t.r2_gamma,
-                                              exact=t.penalty == "exact", sigma=t.penalty_sigma)
+                                              exact=t.penalty == "exact", sigma=t.penalty_sigma,
+                                              align=self._align(real), align_weight=t.vfm.weight if t.vfm else 0.0)
         self._optimise(self.opt_d, self.D, loss_d)
 
         self.D.requires_grad_(False)
@@ -173,7 +209,11 @@ class Trainer:
 
         fd = fd_of_generator(generate, num_samples, self.cfg.eval.batch_size, self.dataset.num_classes,
                              self.extractor, self.ref_stats, seed=1234)
-        return {self.cfg.eval.metric: fd, "eval_samples": float(num_samples)}
+        probe = self.probe
+        with self.autocast():
+            utilisation = block_utilisation(self.G_ema, probe.z, probe.labels)
+        return {self.cfg.eval.metric: fd, "eval_samples": float(num_samples),
+                **{f"block_util_{i}": u for i, u in enumerate(utilisation)}}
 
     @torch.no_grad()
     def sample_grid(self, path: Path) -> Path:
@@ -193,6 +233,7 @@ class Trainer:
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "sampler": self.sampler.state_dict(), "rng": torch.get_rng_state(),
+            **({"repa_head": self.repa_head.state_dict()} if self.repa_head else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -200,6 +241,8 @@ class Trainer:
         self.D.load_state_dict(state["D"])
         self.G_ema.load_state_dict(state["G_ema"])
         self.opt_g.load_state_dict(state["opt_g"])
+        if self.repa_head is not None:
+            self.repa_head.load_state_dict(state["repa_head"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"])
@@ -254,13 +297,15 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
     sums: dict[str, torch.Tensor] = {}
     count, tic = 0, time.perf_counter()
     while trainer.step < total:
+        logs_now = (trainer.step + 1) % t.log_every == 0 or trainer.step + 1 == total
+        before = trainer.probe.outputs(trainer.G, trainer.D) if logs_now else None
         logs = trainer.iteration()
         for k, v in logs.items():
             sums[k] = sums.get(k, 0) + v.detach().float()
         count += 1
         step = trainer.step
-        if step % t.log_every == 0 or step == total:
-            metrics = _mean_logs(sums, count)
+        if logs_now:
+            metrics = {**_mean_logs(sums, count), **trainer.probe.change(before, trainer.G, trainer.D)}
             elapsed = time.perf_counter() - tic
             metrics.update(train_flops=trainer.train_flops(), sec_per_step=elapsed / count,
                            lr_g=trainer.opt_g.param_groups[0]["lr"], lr_d=trainer.opt_d.param_groups[0]["lr"],

@@ -19,6 +19,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from gat_core.config import DataConfig, EvalConfig, ModelConfig, StrictModel, TrainConfig, TrialConfig
+from gat_core.weights import missing_weights
 
 TRIAL_SECTIONS = ("dataset", "model", "train", "eval")
 _KEY_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+(?:\.[a-z_0-9]+)+): (.*)$", re.S)
@@ -244,6 +245,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
             label = ", ".join(f"{k}={v}" for k, v in point.items()) or "base config"
             problems += [f"{line} [grid point {index}: {label}]" for line in _format_errors(exc, where)]
             continue
+        problems += [f"{where}: {line}" for line in missing_weights(trial_cfg)]
         trial_id = trial_hash(trial_cfg)
         if trial_id in seen:
             problems.append(f"{where}: grid: grid points {seen[trial_id]} and {index} give the same trial ({_slug(point)})")

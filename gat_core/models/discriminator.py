@@ -78,8 +78,11 @@ class GATDiscriminator(nn.Module):
                 h = block(h)
         return h
 
-    def forward(self, stack: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One logit per sample, shape [B]."""
-        cls = self.proj(self.norm(self.tokens(stack)[:, 0]))
+    def forward(self, stack: torch.Tensor, labels: torch.Tensor,
+                return_tokens: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One logit per sample, shape [B] (and the final-block tokens for VFM alignment)."""
+        tokens = self.tokens(stack)
+        cls = self.proj(self.norm(tokens[:, 0]))
         cond = self.class_mapping(self.class_embed(labels))
-        return (cls * cond).sum(dim=-1)
+        logits = (cls * cond).sum(dim=-1)
+        return (logits, tokens) if return_tokens else logits

@@ -9,6 +9,7 @@ exactly with autograd.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,11 +33,15 @@ class Judge:
         return self.augment.sample(like), nested_noise(like, self.ts)
 
     def __call__(self, levels: list[torch.Tensor], labels: torch.Tensor,
-                 draw: tuple[AugmentParams, list[torch.Tensor]]) -> torch.Tensor:
+                 draw: tuple[AugmentParams, list[torch.Tensor]], return_tokens: bool = False):
         params, noises = draw
         if self.augment:
             levels = [self.augment.apply(x, params) for x in levels]
-        return self.disc(corrupt(levels, self.ts, noises), labels)
+        return self.disc(corrupt(levels, self.ts, noises), labels, return_tokens=return_tokens)
+
+
+Align = Callable[[torch.Tensor, AugmentParams], torch.Tensor]
+"""VFM alignment loss of D's real-stack tokens, given the augmentation the reals got."""
 
 
 def _penalty(judge: Judge, levels: list[torch.Tensor], labels: torch.Tensor, logits: torch.Tensor,
@@ -55,15 +60,19 @@ def _penalty(judge: Judge, levels: list[torch.Tensor], labels: torch.Tensor, log
 
 
 def discriminator_loss(judge: Judge, real: torch.Tensor, fake_levels: list[torch.Tensor], labels: torch.Tensor,
-                       r1_gamma: float, r2_gamma: float, exact: bool = False, sigma: float = 0.01
+                       r1_gamma: float, r2_gamma: float, exact: bool = False, sigma: float = 0.01,
+                       align: Align | None = None, align_weight: float = 1.0
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """D step: relativistic pair loss on (real_i, fake_i) plus gamma/2 * (R1 + R2)."""
+    """D step: relativistic pair loss on (real_i, fake_i) plus gamma/2 * (R1 + R2) (+ VFM alignment on reals)."""
     real_levels = [real] * len(judge.ts)
     if exact:
         real_levels = [x.detach().requires_grad_(True) for x in real_levels]
         fake_levels = [x.detach().requires_grad_(True) for x in fake_levels]
     real_draw, fake_draw = judge.draw(real), judge.draw(real)
-    d_real = judge(real_levels, labels, real_draw)
+    if align is not None:
+        d_real, tokens = judge(real_levels, labels, real_draw, return_tokens=True)
+    else:
+        d_real = judge(real_levels, labels, real_draw)
     d_fake = judge(fake_levels, labels, fake_draw)
     adversarial = F.softplus(-(d_real - d_fake))
     r1 = _penalty(judge, real_levels, labels, d_real, real_draw, exact, sigma, shared_delta=True) if r1_gamma else torch.zeros_like(d_real)
@@ -71,6 +80,10 @@ def discriminator_loss(judge: Judge, real: torch.Tensor, fake_levels: list[torch
     loss = (adversarial + r1_gamma / 2 * r1 + r2_gamma / 2 * r2).mean()
     logs = {"loss_d": adversarial.mean(), "r1": r1.mean(), "r2": r2.mean(),
             "logit_real": d_real.mean(), "logit_fake": d_fake.mean()}
+    if align is not None:
+        alignment = align(tokens, real_draw[0])
+        loss = loss + align_weight * alignment
+        logs["vfm_align"] = alignment.detach()
     return loss, logs
 
 

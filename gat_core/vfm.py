@@ -1,0 +1,78 @@
+"""VFM alignment (REPA) of the discriminator to a frozen DINOv2 teacher.
+
+The teacher is a timm DINOv2 ViT loaded from a local weights file (no download),
+its position embedding resampled to the teacher's input size by timm's own
+checkpoint filter.  D's last-block tokens of the real stack go through a small
+MLP and are pulled toward the teacher's cls and patch features by cosine
+similarity; the teacher's patch grid is resized to D's token grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gat_core.weights import dinov2_weights
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VFMTeacher(nn.Module):
+    """Frozen DINOv2 ViT from timm: images in [-1, 1] -> (cls [B, C], patches [B, grid*grid, C])."""
+
+    def __init__(self, model_name: str, weights: Path, image_size: int = 224) -> None:
+        super().__init__()
+        import timm
+
+        weights = dinov2_weights(weights)
+        try:
+            self.net = timm.create_model(model_name, pretrained=True, num_classes=0, img_size=image_size,
+                                         pretrained_cfg_overlay={"file": str(weights)})
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ValueError(f"train.vfm.weights: {weights} is not a {model_name} checkpoint ({exc})") from exc
+        self.net.eval().requires_grad_(False)
+        self.image_size = image_size
+        self.dim = self.net.num_features
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "VFMTeacher":
+        return super().train(False)  # always frozen
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = (images.float().clamp(-1, 1) + 1) / 2
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
+        feats = self.net.forward_features((x - self.mean) / self.std)
+        cls, patches = feats[:, 0], feats[:, self.net.num_prefix_tokens:]
+        side = int(patches.shape[1] ** 0.5)
+        if side != grid:
+            maps = patches.transpose(1, 2).reshape(patches.shape[0], -1, side, side)
+            maps = F.interpolate(maps, size=(grid, grid), mode="bicubic", align_corners=False)
+            patches = maps.flatten(2).transpose(1, 2)
+        return cls, patches
+
+
+class REPAHead(nn.Module):
+    """MLP from D's token width to the teacher's feature width (training only)."""
+
+    def __init__(self, width: int, teacher_dim: int, hidden: int = 2048) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, teacher_dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.mlp(tokens)
+
+
+def alignment_loss(student: torch.Tensor, teacher_cls: torch.Tensor, teacher_patches: torch.Tensor) -> torch.Tensor:
+    """(1 - cos) on the cls token plus the mean (1 - cos) over patches; student is [B, 1 + T, C]."""
+    cls_term = 1 - F.cosine_similarity(student[:, 0].float(), teacher_cls.float(), dim=-1)
+    patch_term = 1 - F.cosine_similarity(student[:, 1:].float(), teacher_patches.float(), dim=-1).mean(dim=1)
+    return (cls_term + patch_term).mean()
