@@ -25,14 +25,19 @@ def save_atomic(obj: Any, path: Path) -> Path:
     return path
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True; a clear CheckpointError otherwise."""
+def read(path: Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
+    """torch.load with weights_only=True; a CheckpointError naming the file otherwise."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path}: file not found") from None
+        raise CheckpointError(f"{what} {path}: file not found") from None
     except Exception as exc:  # truncated zip, pickle of a forbidden type, ...
-        raise CheckpointError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{what} {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a training checkpoint (weights_only=True); a clear CheckpointError otherwise."""
+    state = read(path, map_location)
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"checkpoint {path}: not a gat-study training checkpoint (no 'step' entry)")
     return state

@@ -7,6 +7,7 @@ and the CLI can validate a study without loading the training stack.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +36,8 @@ class DataConfig(StrictModel):
     num_classes: int | None = Field(None, ge=1, description="Number of classes of `shapes` (default 10); fixed by the data otherwise.")
     size: int = Field(8000, ge=16, description="Number of images generated for `shapes`.")
     seed: int = Field(0, description="Seed of procedural data.")
+    latents: Path | None = Field(
+        None, description="Folder written by `gat-study encode`: train in that VAE latent space instead of pixels.")
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
@@ -48,7 +51,30 @@ class DataConfig(StrictModel):
 
     @property
     def channels(self) -> int:
+        """Channels of the source images."""
         return DATASET_CHANNELS[self.name]
+
+    def latent_meta(self) -> dict | None:
+        """meta.json of the encoded latents (None in pixel space)."""
+        if self.latents is None:
+            return None
+        path = Path(self.latents) / "meta.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise ValueError(f"dataset.latents: {path} not found or unreadable; create it with `gat-study encode`") from None
+
+    @property
+    def model_channels(self) -> int:
+        """Channels of what G produces and D sees (latent channels in latent space)."""
+        meta = self.latent_meta()
+        return int(meta["latent_channels"]) if meta else self.channels
+
+    @property
+    def model_resolution(self) -> int:
+        """Spatial size of what G produces and D sees."""
+        meta = self.latent_meta()
+        return int(meta["latent_resolution"]) if meta else self.resolution
 
 
 class ModelConfig(StrictModel):
@@ -176,6 +202,7 @@ class EvalConfig(StrictModel):
     batch_size: int = Field(250, ge=1)
     grid_size: int = Field(8, ge=1, le=32, description="Sample grid is grid_size x grid_size images.")
     classifier_epochs: int = Field(8, ge=1, description="Epochs of the feature classifier trained on the dataset.")
+    vae: Path | None = Field(None, description="VAE folder that decodes latent samples (default: the encoder's VAE).")
 
 
 class TrialConfig(StrictModel):
@@ -188,9 +215,10 @@ class TrialConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistency(self) -> "TrialConfig":
-        res, p = self.dataset.resolution, self.model.patch_size
+        res, p = self.dataset.model_resolution, self.model.patch_size
+        where = "the latent resolution" if self.dataset.latents else "dataset.resolution"
         if res % p:
-            raise ValueError(f"model.patch_size: {p} does not divide dataset.resolution {res}")
+            raise ValueError(f"model.patch_size: {p} does not divide {where} {res}")
         if self.train.mng != "off" and self.model.depth < self.train.mng_levels:
             raise ValueError(
                 f"model.depth: {self.model.depth} blocks cannot carry train.mng_levels={self.train.mng_levels} output heads")

@@ -26,6 +26,7 @@ from gat_core.config import TrialConfig
 from gat_core.data import BatchSampler, load_dataset
 from gat_core.diagnostics import OutputProbe, block_utilisation
 from gat_core.flops import TrialCost, trial_cost
+from gat_core.latents import LatentData, LatentDecoder, LatentSampler, load_latents
 from gat_core.metrics import fd_of_generator, load_or_train_classifier, reference_stats
 from gat_core.models.discriminator import GATDiscriminator
 from gat_core.models.generator import GATGenerator
@@ -80,10 +81,10 @@ def learning_rates(cfg: TrialConfig) -> tuple[float, float]:
 def build_networks(cfg: TrialConfig, num_classes: int) -> tuple[GATGenerator, GATDiscriminator]:
     m, d, levels = cfg.model, cfg.dataset, cfg.train.levels
     ckpt_blocks = cfg.train.grad_checkpoint
-    gen = GATGenerator(channels=d.channels, resolution=d.resolution, patch_size=m.patch_size, width=m.width,
+    gen = GATGenerator(channels=d.model_channels, resolution=d.model_resolution, patch_size=m.patch_size, width=m.width,
                        depth=m.depth, heads=m.heads, num_classes=num_classes, levels=levels,
                        z_dim=m.z_dim, class_dim=m.class_dim, grad_checkpoint=ckpt_blocks)
-    disc = GATDiscriminator(channels=d.channels, levels=levels, resolution=d.resolution, patch_size=m.patch_size,
+    disc = GATDiscriminator(channels=d.model_channels, levels=levels, resolution=d.model_resolution, patch_size=m.patch_size,
                             width=m.disc_width, depth=m.disc_depth, heads=m.disc_heads, num_classes=num_classes,
                             cond_dim=m.disc_cond_dim, grad_checkpoint=ckpt_blocks)
     return gen, disc
@@ -101,8 +102,7 @@ class Trainer:
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
         torch.manual_seed(t.seed)
 
-        self.dataset = load_dataset(cfg.dataset)
-        self.sampler = BatchSampler(self.dataset, t.batch_size, seed=t.seed, device=self.device)
+        self._setup_data()
         self.cost: TrialCost = trial_cost(cfg, self.dataset.num_classes)
         self.total_steps = self.cost.steps
 
@@ -121,9 +121,38 @@ class Trainer:
         self.step = 0
         probe_gen = torch.Generator().manual_seed(7)
         n = min(8, len(self.dataset.labels))
-        real, labels = self.dataset.images[:n].to(self.device), self.dataset.labels[:n].to(self.device)
+        real, labels = self.probe_reals(n), self.dataset.labels[:n].to(self.device)
         self.probe = OutputProbe(z=torch.randn(n, self.G.z_dim, generator=probe_gen).to(self.device), labels=labels,
                                  real_stack=real.repeat(1, t.levels, 1, 1))
+
+    def _setup_data(self) -> None:
+        """Pixel space: images are what G makes.  Latent space: G makes latents, the VAE decodes them."""
+        t, data_cfg = self.cfg.train, self.cfg.dataset
+        self.latent: LatentData | None = None
+        self.decode: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+        if data_cfg.latents is None:
+            self.dataset = load_dataset(data_cfg)
+            self.sampler = BatchSampler(self.dataset, t.batch_size, seed=t.seed, device=self.device)
+            return
+        self.latent = load_latents(data_cfg.latents)
+        if self.latent.pixels is None:
+            raise ValueError(f"dataset.latents: {data_cfg.latents} was encoded without its images, which the "
+                             "metrics need; encode it again with --keep-images")
+        self.dataset = self.latent.pixels
+        self.sampler = LatentSampler(self.latent, t.batch_size, seed=t.seed, device=self.device)
+        self.decode = LatentDecoder(self.cfg.eval.vae or self.latent.meta["vae"], self.latent.scaling_factor,
+                                    self.device, out_channels=self.dataset.channels)
+
+    def probe_reals(self, n: int) -> torch.Tensor:
+        """The first n training inputs (posterior means in latent space), for diagnostics."""
+        if self.latent is None:
+            return self.dataset.images[:n].to(self.device)
+        mean = self.latent.moments.images[:n].chunk(2, dim=1)[0]
+        return (mean * self.latent.scaling_factor).to(self.device)
+
+    def real_pixels(self, real: torch.Tensor) -> torch.Tensor:
+        """The source images of the current batch (what a pixel-space teacher sees)."""
+        return real if self.latent is None else self.sampler.last_pixels
 
     def _build_vfm(self) -> tuple[VFMTeacher | None, REPAHead | None]:
         vfm = self.cfg.train.vfm
@@ -137,11 +166,14 @@ class Trainer:
         """Alignment loss closure for this batch: the teacher sees the reals' flip and translation."""
         if self.teacher is None:
             return None
-        grid = self.cfg.dataset.resolution // self.cfg.model.patch_size
+        grid = self.cfg.dataset.model_resolution // self.cfg.model.patch_size
         geometric = DiffAugment(["translation", "flip"])
+        pixels = self.real_pixels(real)
+        ratio = pixels.shape[-1] // real.shape[-1]
 
         def align(tokens: torch.Tensor, params: AugmentParams) -> torch.Tensor:
-            shown = geometric.apply(real, AugmentParams(shift=params.shift, flip=params.flip))
+            shift = params.shift * ratio if params.shift is not None else None
+            shown = geometric.apply(pixels, AugmentParams(shift=shift, flip=params.flip))
             teacher_cls, teacher_patches = self.teacher(shown, grid)
             return alignment_loss(self.repa_head(tokens), teacher_cls, teacher_patches)
 
@@ -205,7 +237,7 @@ class Trainer:
             labels = labels.to(self.device)
             z = torch.randn(labels.shape[0], self.G_ema.z_dim, device=self.device)
             with self.autocast():
-                return self.G_ema(z, labels).float().clamp(-1, 1)
+                return self.decode(self.G_ema(z, labels).float()).clamp(-1, 1)
 
         fd = fd_of_generator(generate, num_samples, self.cfg.eval.batch_size, self.dataset.num_classes,
                              self.extractor, self.ref_stats, seed=1234)
@@ -223,7 +255,7 @@ class Trainer:
         labels = (torch.arange(n * n) // n) % self.dataset.num_classes
         z = torch.randn(n * n, self.G_ema.z_dim, generator=gen)
         with self.autocast():
-            images = self.G_ema(z.to(self.device), labels.to(self.device)).float().cpu()
+            images = self.decode(self.G_ema(z.to(self.device), labels.to(self.device)).float()).cpu()
         return save_sample_grid(images, path, nrow=n)
 
     # --- state --------------------------------------------------------------------------------

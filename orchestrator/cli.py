@@ -54,6 +54,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encode(args: argparse.Namespace) -> int:
+    import warnings
+
+    from gat_core.config import DataConfig
+    from gat_core.data import load_dataset
+    from gat_core.latents import encode_dataset
+
+    data_cfg = DataConfig(name=args.dataset, resolution=args.resolution, path=args.path,
+                          **({"size": args.size} if args.size else {}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = load_dataset(data_cfg)
+    for w in caught:
+        print(f"skipped: {w.message}", file=sys.stderr)
+    meta = encode_dataset(dataset, args.vae, args.out, batch_size=args.batch_size, keep_images=not args.no_images,
+                          source=data_cfg.model_dump(mode="json"))
+    print(f"encoded {meta['num_images']} images of {args.dataset} into {len(meta['shards'])} shards in {args.out}: "
+          f"latents {meta['latent_channels']}x{meta['latent_resolution']}x{meta['latent_resolution']}, "
+          f"scaling factor {meta['scaling_factor']}; train on them with dataset.latents: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gat-study", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -75,6 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("encode", help="encode a dataset into VAE latent shards (diffusers AutoencoderKL)")
+    p.add_argument("dataset", choices=["digits", "shapes", "folder"])
+    p.add_argument("--vae", type=Path, required=True, help="local AutoencoderKL folder (save_pretrained format)")
+    p.add_argument("--out", type=Path, required=True, help="output folder for shards and meta.json")
+    p.add_argument("--resolution", type=int, default=256, help="image resolution before encoding")
+    p.add_argument("--path", type=Path, help="root of a folder dataset (one subfolder per class)")
+    p.add_argument("--size", type=int, help="number of images (shapes)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-images", action="store_true", help="do not keep the source images (no pixel metrics, no VFM)")
+    p.set_defaults(func=cmd_encode)
+
     p = sub.add_parser("status", help="where a study stands, from MLflow")
     _add_study_args(p)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
@@ -91,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the study is invalid:", file=sys.stderr)
         for line in exc.problems:
             print(f"  {line}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:  # missing weights, bad dataset folder, bad latents, ...
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)

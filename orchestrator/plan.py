@@ -31,7 +31,7 @@ def plan_rows(study: Study) -> list[dict[str, Any]]:
         rows.append({
             "trial_id": t.trial_id, "name": t.name, "swept": t.swept,
             "g": f"{m.width}x{m.depth}/h{m.heads}", "d": f"{m.disc_width}x{m.disc_depth}/h{m.disc_heads}",
-            "patch": m.patch_size, "tokens": (t.config.dataset.resolution // m.patch_size) ** 2,
+            "patch": m.patch_size, "tokens": (t.config.dataset.model_resolution // m.patch_size) ** 2,
             **cost.as_dict(),
         })
     return rows

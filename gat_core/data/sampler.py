@@ -61,6 +61,10 @@ class BatchSampler:
             need -= take
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    def next_indices(self) -> Tensor:
+        """Dataset indices of the next batch (for callers that gather more than images and labels)."""
+        return self._indices()
+
     def next(self) -> tuple[Tensor, Tensor]:
         """The next batch: images [B, C, H, W] and labels [B] on the sampler's device."""
         idx = self._indices()

@@ -1,0 +1,163 @@
+"""Latent space: encode a dataset with a diffusers AutoencoderKL, train on its moments, decode samples.
+
+`encode_dataset` writes shards of [mean, std] moments (the posterior of each
+image), labels and, optionally, the uint8 source images (for pixel metrics and
+the VFM teacher).  Training re-samples z = (mean + std * eps) * scaling_factor
+every step, as the GAT and REPA pipelines do.  Shards are written one at a time
+with `meta.json` updated after each, so an interrupted encode says what it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gat_core.checkpoint import read, save_atomic
+from gat_core.data import BatchSampler, ImageDataset
+from gat_core.weights import resolve_local
+
+META_FILE = "meta.json"
+VAE_ENV = "GAT_STUDY_VAE"
+VAE_HINT = ("a diffusers AutoencoderKL folder saved with save_pretrained (config.json + weights), e.g. "
+            "stabilityai/sd-vae-ft-mse downloaded on a networked machine")
+
+
+def load_vae(path: Path | str | None, key: str = "vae", device: str | torch.device = "cpu"):
+    """A frozen AutoencoderKL from a local `from_pretrained` folder; WeightsNotFound if it is missing."""
+    from diffusers import AutoencoderKL
+
+    folder = resolve_local(path, VAE_ENV, key, VAE_HINT, folder=True)
+    try:
+        vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ValueError(f"{key}: {folder} is not a loadable AutoencoderKL folder ({exc})") from exc
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def _write_meta(out: Path, meta: dict[str, Any]) -> None:
+    tmp = out / f".{META_FILE}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / META_FILE)
+
+
+@torch.no_grad()
+def encode_dataset(dataset: ImageDataset, vae_path: Path, out: Path, *, batch_size: int = 64, shard_size: int = 4096,
+                   keep_images: bool = True, source: dict[str, Any] | None = None,
+                   device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Encode every image to its posterior moments; returns the metadata written to `out/meta.json`."""
+    vae = load_vae(vae_path, "--vae", device)
+    out.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {
+        "source": source or {"name": dataset.name}, "vae": str(Path(vae_path).resolve()),
+        "scaling_factor": float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215),
+        "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
+        "image_resolution": dataset.resolution, "image_channels": dataset.channels,
+        "num_images": 0, "shards": [], "complete": False,
+    }
+    for start in range(0, len(dataset), shard_size):
+        images, labels = dataset.images[start:start + shard_size], dataset.labels[start:start + shard_size]
+        moments = []
+        for i in range(0, len(images), batch_size):
+            batch = images[i:i + batch_size].to(device)
+            if batch.shape[1] == 1 and vae.config.in_channels == 3:
+                batch = batch.expand(-1, 3, -1, -1)
+            dist = vae.encode(batch).latent_dist
+            moments.append(torch.cat([dist.mean, dist.std], dim=1).float().cpu())
+        shard = {"moments": torch.cat(moments), "labels": labels.clone()}
+        if keep_images:
+            shard["images"] = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        name = f"shard-{len(meta['shards']):05d}.pt"
+        save_atomic(shard, out / name)
+        meta["shards"].append(name)
+        meta["num_images"] += len(labels)
+        meta["latent_channels"] = shard["moments"].shape[1] // 2
+        meta["latent_resolution"] = shard["moments"].shape[-1]
+        _write_meta(out, meta)
+    meta["complete"] = True
+    _write_meta(out, meta)
+    return meta
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """meta.json of an encoded dataset; ValueError naming the folder if it is missing or incomplete."""
+    path = Path(folder) / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"dataset.latents: {path} is not readable ({exc}); create it with `gat-study encode`") from None
+    if not meta.get("complete"):
+        raise ValueError(f"dataset.latents: {folder} is an incomplete encode ({meta.get('num_images', 0)} images in "
+                         f"{len(meta.get('shards', []))} shards); run `gat-study encode` again")
+    return meta
+
+
+@dataclass
+class LatentData:
+    """An encoded dataset in memory: moments for training, source pixels for metrics and the teacher."""
+
+    moments: ImageDataset        # images = [N, 2C, h, w] (mean, std) so the batch sampler can serve them
+    pixels: ImageDataset | None  # the uint8 source images as [-1, 1] floats, if the encode kept them
+    scaling_factor: float
+    meta: dict[str, Any]
+
+
+def load_latents(folder: Path) -> LatentData:
+    folder = Path(folder)
+    meta = read_meta(folder)
+    shards = [read(folder / name, what="latent shard") for name in meta["shards"]]
+    moments = torch.cat([s["moments"] for s in shards]).float()
+    labels = torch.cat([s["labels"] for s in shards]).long()
+    names = tuple(meta.get("class_names", ()))
+    pixels = None
+    if all("images" in s for s in shards):
+        images = torch.cat([s["images"] for s in shards]).float() / 127.5 - 1
+        pixels = ImageDataset(images, labels, meta["num_classes"], meta["source"].get("name", "latents"), names)
+    data = ImageDataset(moments, labels, meta["num_classes"], f"latents:{folder.name}", names)
+    return LatentData(moments=data, pixels=pixels, scaling_factor=float(meta["scaling_factor"]), meta=meta)
+
+
+class LatentSampler:
+    """Batches of freshly sampled latents z = (mean + std * eps) * scale, and the matching pixels."""
+
+    def __init__(self, data: LatentData, batch_size: int, seed: int, device: torch.device) -> None:
+        self.data = data
+        self.sampler = BatchSampler(data.moments, batch_size, seed=seed, device=device)
+        self.last_pixels: Tensor | None = None
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        idx = self.sampler.next_indices()
+        device = self.sampler.device
+        moments, labels = self.data.moments.images[idx].to(device), self.data.moments.labels[idx].to(device)
+        if self.data.pixels is not None:
+            self.last_pixels = self.data.pixels.images[idx].to(device)
+        mean, std = moments.chunk(2, dim=1)
+        return (mean + std * torch.randn_like(std)) * self.data.scaling_factor, labels
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+
+class LatentDecoder:
+    """Latents (scaled) -> images in [-1, 1] through the VAE decoder, in batches."""
+
+    def __init__(self, vae_path: Path | str | None, scaling_factor: float, device: torch.device,
+                 out_channels: int | None = None) -> None:
+        self.vae = load_vae(vae_path, "eval.vae", device)
+        self.scaling_factor = scaling_factor
+        self.out_channels = out_channels
+
+    @torch.no_grad()
+    def __call__(self, latents: Tensor) -> Tensor:
+        images = self.vae.decode(latents.float() / self.scaling_factor).sample.clamp(-1, 1)
+        if self.out_channels == 1 and images.shape[1] == 3:
+            images = images.mean(dim=1, keepdim=True)
+        return images

@@ -1,0 +1,142 @@
+"""Latent-space data path (diffusers AutoencoderKL) and VFM alignment (timm DINOv2), from local files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gat_core.config import DataConfig, TrialConfig
+from gat_core.data import load_dataset
+from gat_core.latents import encode_dataset, load_latents, read_meta
+from gat_core.train import Trainer
+from gat_core.weights import WeightsNotFound
+from orchestrator.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(tmp_path_factory) -> Path:
+    """A randomly initialised AutoencoderKL (downsampling x2) saved with save_pretrained."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16))
+    folder = tmp_path_factory.mktemp("vae") / "tiny-vae"
+    vae.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory) -> Path:
+    """A randomly initialised DINOv2 ViT-S/14 state dict at the official 518 px grid (timm resamples it)."""
+    import timm
+
+    net = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0)
+    path = tmp_path_factory.mktemp("dino") / "dinov2_vits14.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_vae, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("latents") / "shapes16"
+    dataset = load_dataset(DataConfig(name="shapes", resolution=16, size=96))
+    encode_dataset(dataset, tiny_vae, out, batch_size=32, shard_size=40)
+    return out
+
+
+def test_encode_writes_shards_with_moments_labels_and_images(encoded):
+    meta = read_meta(encoded)
+    assert meta["complete"] and meta["num_images"] == 96 and len(meta["shards"]) == 3
+    assert (meta["latent_channels"], meta["latent_resolution"]) == (4, 8)
+    assert meta["scaling_factor"] == pytest.approx(0.18215)
+    data = load_latents(encoded)
+    assert data.moments.images.shape == (96, 8, 8, 8)
+    assert (data.moments.images[:, 4:] > 0).all()  # std half of the moments
+    source = load_dataset(DataConfig(name="shapes", resolution=16, size=96))
+    assert torch.equal(data.moments.labels, source.labels)
+    assert (data.pixels.images - source.images).abs().max() <= 1 / 127.5 + 1e-6  # uint8 round trip
+
+
+def test_latent_sampler_resamples_posterior(encoded):
+    from gat_core.latents import LatentSampler
+
+    data = load_latents(encoded)
+    a = LatentSampler(data, 8, seed=0, device=torch.device("cpu"))
+    b = LatentSampler(data, 8, seed=0, device=torch.device("cpu"))
+    torch.manual_seed(1)
+    za, ya = a.next()
+    torch.manual_seed(2)
+    zb, yb = b.next()
+    assert torch.equal(ya, yb) and not torch.equal(za, zb)  # same images, fresh posterior samples
+    assert a.last_pixels.shape == (8, 3, 16, 16)
+
+
+def test_missing_and_bad_weights_give_clear_errors(tmp_path, encoded):
+    with pytest.raises(WeightsNotFound, match="--vae: weights folder .*nowhere not found"):
+        encode_dataset(load_dataset(DataConfig(name="digits", resolution=8)), tmp_path / "nowhere", tmp_path / "o")
+    with pytest.raises(ValueError, match="dataset.latents: .*meta.json not found"):
+        TrialConfig.model_validate({"dataset": {"name": "shapes", "latents": str(tmp_path / "none")}})
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "meta.json").write_text('{"complete": false, "shards": ["a"], "num_images": 3}')
+    with pytest.raises(ValueError, match="incomplete encode"):
+        read_meta(tmp_path / "bad")
+
+
+def test_encode_cli(tiny_vae, tmp_path, capsys):
+    out = tmp_path / "digits8"
+    assert main(["encode", "digits", "--vae", str(tiny_vae), "--out", str(out), "--resolution", "8"]) == 0
+    assert "encoded 1797 images" in capsys.readouterr().out
+    assert read_meta(out)["latent_resolution"] == 4
+    assert main(["encode", "digits", "--vae", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "weights folder" in capsys.readouterr().err
+
+
+def _trial(encoded: Path | None, dino: Path | None) -> TrialConfig:
+    train = {"steps": 2, "batch_size": 4, "augment": ["translation", "flip"]}
+    if dino is not None:
+        train["vfm"] = {"weights": str(dino), "model": "vit_small_patch14_dinov2", "image_size": 56, "hidden_dim": 32}
+    dataset = {"name": "shapes", "resolution": 16, "size": 96, **({"latents": str(encoded)} if encoded else {})}
+    return TrialConfig.model_validate({
+        "dataset": dataset, "model": {"width": 32, "depth": 4, "heads": 2, "patch_size": 2}, "train": train,
+        "eval": {"num_samples": 16, "final_samples": 16, "classifier_epochs": 1, "grid_size": 2}})
+
+
+def test_trainer_in_latent_space_with_vfm_teacher(encoded, tiny_dinov2, tmp_path):
+    cfg = _trial(encoded, tiny_dinov2)
+    assert (cfg.dataset.model_channels, cfg.dataset.model_resolution) == (4, 8)
+    trainer = Trainer(cfg, tmp_path, cache_dir=tmp_path / "cache")
+    assert trainer.G(torch.randn(2, 64), torch.tensor([0, 1])).shape == (2, 4, 8, 8)
+    assert trainer.teacher is not None and trainer.teacher.dim == 384
+    logs = [trainer.iteration() for _ in range(2)]
+    assert all(torch.isfinite(v).all() for step in logs for v in step.values())
+    assert 0 < float(logs[0]["vfm_align"]) <= 4  # two (1 - cos) terms
+    trainer.prepare_eval()
+    metrics = trainer.evaluate(16)
+    assert metrics["fd_classifier"] > 0  # decoded through the VAE to 16 px pixels
+    grid = trainer.sample_grid(tmp_path / "grid.png")
+    assert grid.exists()
+
+
+def test_vfm_alignment_pulls_tokens_toward_teacher(tiny_dinov2):
+    from gat_core.vfm import VFMTeacher, alignment_loss
+
+    teacher = VFMTeacher("vit_small_patch14_dinov2", tiny_dinov2, image_size=56)
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    cls, patches = teacher(images, grid=4)
+    assert cls.shape == (3, 384) and patches.shape == (3, 16, 384)
+    perfect = torch.cat([cls[:, None], patches], dim=1)
+    assert float(alignment_loss(perfect, cls, patches)) == pytest.approx(0.0, abs=1e-5)
+    assert float(alignment_loss(-perfect, cls, patches)) == pytest.approx(4.0, abs=1e-4)
+
+
+def test_vfm_weights_missing_is_a_study_error(tmp_path):
+    from orchestrator.study import StudyError, load_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ntrain: {steps: 2, vfm: {weights: /no/dinov2.pth}}\n")
+    with pytest.raises(StudyError, match=r"train.vfm.weights: weights file /no/dinov2.pth not found"):
+        load_study(path)
