@@ -315,6 +315,7 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
         return TrainResult(status=saved["status"], step=saved["step"], metrics=saved["metrics"],
                            reason=saved.get("reason", ""), model_path=workdir / MODEL_FILE)
 
+    began = time.perf_counter()
     trainer = Trainer(cfg, workdir, cache_dir)
     state = ckpt.load(resume_from) if resume_from else ckpt.load_latest(workdir / "checkpoints")
     if state is not None:
@@ -356,7 +357,8 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
             trainer.save_checkpoint()
             report(TrainEvent("checkpoint", step, total, checkpoint_dir=workdir / "checkpoints"))
 
-    metrics = {**trainer.evaluate(e.final_samples), "train_flops": trainer.train_flops()}
+    metrics = {**trainer.evaluate(e.final_samples), "train_flops": trainer.train_flops(),
+               "trial_seconds": time.perf_counter() - began}  # this attempt, setup and evaluations included
     return _finish(trainer, report, "completed", metrics)
 
 

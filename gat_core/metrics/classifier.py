@@ -128,7 +128,8 @@ def train_classifier(
     model = model.to(device, memory_format=torch.channels_last)  # ~30 % faster convolutions on CPU
     steps_per_epoch = math.ceil(len(train_idx) / batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.25)
+    # OneCycle needs a few steps per phase; tiny datasets stop early in the cycle instead of dividing by zero
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(8, epochs * steps_per_epoch), pct_start=0.25)
     max_shift = max(1, dataset.resolution // 16)
 
     start_time = time.perf_counter()
