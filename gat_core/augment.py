@@ -81,11 +81,11 @@ def _translate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def _cutout_mask(x: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-    """Mask zeroing one square of half the side length per sample."""
+    """Mask zeroing one square of half the side length per sample, centred at `centre` (clipped at borders)."""
     _, _, h, w = x.shape
-    half_h, half_w = h // 4, w // 4
+    size_h, size_w = h // 2, w // 2
     rows = torch.arange(h, device=x.device)[None, :, None]
     cols = torch.arange(w, device=x.device)[None, None, :]
-    cy, cx = centre[:, 0, None, None], centre[:, 1, None, None]
-    inside = ((rows - cy).abs() < half_h) & ((cols - cx).abs() < half_w)
+    top, left = centre[:, 0, None, None] - size_h // 2, centre[:, 1, None, None] - size_w // 2
+    inside = (rows >= top) & (rows < top + size_h) & (cols >= left) & (cols < left + size_w)
     return (~inside).to(x.dtype)[:, None]

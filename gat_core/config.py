@@ -151,7 +151,8 @@ class TrainConfig(StrictModel):
     """Optimisation and the GAT method switches (MNG, learning-rate rule, penalties)."""
 
     steps: int | None = Field(None, ge=1, description="Training iterations (one D step + one G step each).")
-    flops_budget: float | None = Field(None, gt=0, description="Training budget in FLOPs (2 per MAC); converted to steps.")
+    flops_budget: float | None = Field(
+        None, gt=0, description="Training budget in MACs (DiT convention, 1 multiply-accumulate = 1 FLOP); converted to steps.")
     batch_size: int = Field(32, ge=2)
     lr: float = Field(2e-4, gt=0, lt=1, description="Base learning rate (at lr_base_width when lr_rule is 'width').")
     lr_rule: Literal["width", "constant"] = Field("width", description="width: lr = lr * lr_base_width / width, per network.")

@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gat_core import checkpoint as ckpt
 from gat_core.augment import AugmentParams, DiffAugment
@@ -189,11 +190,14 @@ class Trainer:
         with torch.no_grad(), self.autocast():
             fake_levels = self.G.forward_levels(self.G.style(z, labels))
         self.D.requires_grad_(True)
-        with self.autocast():
-            loss_d, logs = discriminator_loss(self.judge, real, fake_levels, labels, t.r1_gamma, t.r2_gamma,
-                                              exact=t.penalty == "exact", sigma=t.penalty_sigma,
-                                              align=self._align(real), align_weight=t.vfm.weight if t.vfm else 0.0)
-        self._optimise(self.opt_d, self.D, loss_d)
+        exact = t.penalty == "exact"
+        # fused attention kernels have no double backward: exact penalties run the whole D step on the math backend
+        with sdpa_kernel(SDPBackend.MATH) if exact else nullcontext():
+            with self.autocast():
+                loss_d, logs = discriminator_loss(self.judge, real, fake_levels, labels, t.r1_gamma, t.r2_gamma,
+                                                  exact=exact, sigma=t.penalty_sigma, align=self._align(real),
+                                                  align_weight=t.vfm.weight if t.vfm else 0.0)
+            self._optimise(self.opt_d, self.D, loss_d)
 
         self.D.requires_grad_(False)
         with self.autocast():
@@ -265,6 +269,7 @@ class Trainer:
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "sampler": self.sampler.state_dict(), "rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
             **({"repa_head": self.repa_head.state_dict()} if self.repa_head else {}),
         }
 
@@ -278,6 +283,8 @@ class Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.step = int(state["step"])
 
     def save_checkpoint(self) -> Path:

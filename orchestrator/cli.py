@@ -76,6 +76,15 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flops(args: argparse.Namespace) -> int:
+    from orchestrator.flops_cmd import flops_report
+
+    print(flops_report(args.model, resolution=args.resolution, channels=args.channels, num_classes=args.num_classes,
+                       levels=args.levels, as_json=args.json, teacher=args.teacher, teacher_size=args.teacher_size,
+                       grad_checkpoint=args.checkpoint))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gat-study", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -96,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (on 127.0.0.1)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("flops", help="parameters, GFLOPs per image and training MACs of a model size")
+    p.add_argument("model", help="registry name (GAT-XL/2) or free sizes like w64-d4-h4-p2")
+    p.add_argument("--resolution", type=int, default=32, help="input side (latent cells or pixels); default 32")
+    p.add_argument("--channels", type=int, default=4, help="input channels; default 4 (SD-VAE latents)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--levels", type=int, default=4, help="MNG levels K (1 = MNG off)")
+    p.add_argument("--teacher", help="timm name of a VFM teacher to include (e.g. vit_base_patch14_dinov2)")
+    p.add_argument("--teacher-size", type=int, default=224)
+    p.add_argument("--checkpoint", action="store_true", help="count gradient-checkpoint recomputation")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("encode", help="encode a dataset into VAE latent shards (diffusers AutoencoderKL)")
     p.add_argument("dataset", choices=["digits", "shapes", "folder"])

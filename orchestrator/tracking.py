@@ -60,10 +60,28 @@ def _params(values: dict[str, Any]) -> list[Param]:
     return [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in values.items()]
 
 
+class TrackingUnavailable(ConnectionError):
+    """The tracking server cannot be reached: raised before any training starts."""
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the URI, when an MLflow server does not answer its health check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as exc:
+        raise TrackingUnavailable(f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}); start it "
+                                  f"or pass another --tracking-uri. Nothing was trained.") from None
+
+
 class StudyTracker:
     """Driver-side view of a study in MLflow."""
 
     def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+        check_reachable(uri)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)

@@ -48,8 +48,9 @@ def _penalty(judge: Judge, levels: list[torch.Tensor], labels: torch.Tensor, log
              draw: tuple[AugmentParams, list[torch.Tensor]], exact: bool, sigma: float,
              shared_delta: bool) -> torch.Tensor:
     """Per-sample squared input gradient of D, exact or by finite differences."""
-    if exact:
-        grads = torch.autograd.grad(logits.sum(), levels, create_graph=True)
+    if exact:  # gradient w.r.t. each distinct input: the real copies are one tensor, the fake levels K tensors
+        inputs = list({id(x): x for x in levels}.values())
+        grads = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
         return sum(g.square().flatten(1).sum(1) for g in grads)
     if shared_delta:  # reals: one image copied K times gets one perturbation
         delta = torch.randn_like(levels[0]) * sigma
@@ -64,10 +65,10 @@ def discriminator_loss(judge: Judge, real: torch.Tensor, fake_levels: list[torch
                        align: Align | None = None, align_weight: float = 1.0
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """D step: relativistic pair loss on (real_i, fake_i) plus gamma/2 * (R1 + R2) (+ VFM alignment on reals)."""
-    real_levels = [real] * len(judge.ts)
-    if exact:
-        real_levels = [x.detach().requires_grad_(True) for x in real_levels]
+    if exact:  # the K real copies are one input: R1 is the gradient w.r.t. the real image itself
+        real = real.detach().requires_grad_(True)
         fake_levels = [x.detach().requires_grad_(True) for x in fake_levels]
+    real_levels = [real] * len(judge.ts)
     real_draw, fake_draw = judge.draw(real), judge.draw(real)
     if align is not None:
         d_real, tokens = judge(real_levels, labels, real_draw, return_tokens=True)
