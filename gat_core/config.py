@@ -85,6 +85,8 @@ class ModelConfig(StrictModel):
     generator's size; `d_width`/`d_depth`/`d_heads` decouple them.
     """
 
+    family: Literal["gat", "dit"] = Field(
+        "gat", description="gat: the GAN (G and D); dit: the diffusion-transformer baseline at the same sizes.")
     preset: str | None = Field(None, description=f"Registry size, one of {sorted(PRESETS)} x /2,/4,/8; overrides width/depth/heads/patch_size.")
     width: int = Field(64, ge=8, description="Generator width (model dimension).")
     depth: int = Field(4, ge=1, description="Generator depth (number of blocks).")
@@ -103,7 +105,8 @@ class ModelConfig(StrictModel):
     def _apply_preset(cls, data: object) -> object:
         if isinstance(data, dict) and data.get("preset") is not None:
             preset = parse_preset(str(data["preset"]))  # raises ValueError naming the choices
-            data = {**data, **{k: v for k, v in preset.items()}}
+            family = data.get("family") or ("dit" if str(data["preset"]).startswith("DiT-") else "gat")
+            data = {**data, **preset, "family": family}
         return data
 
     @model_validator(mode="after")
@@ -147,6 +150,21 @@ class VFMConfig(StrictModel):
     hidden_dim: int = Field(2048, ge=8, description="Hidden width of the projection MLP on D's tokens.")
 
 
+class DiffusionConfig(StrictModel):
+    """Objective and sampler of `model.family: dit` trials (diffusers schedulers)."""
+
+    objective: Literal["ddpm", "flow"] = Field(
+        "ddpm", description="ddpm: epsilon prediction with the linear-beta schedule (DiT); flow: flow matching (SiT).")
+    num_train_timesteps: int = Field(1000, ge=2)
+    sampler: Literal["ddim", "ddpm", "euler"] = Field(
+        "ddim", description="Sampler for ddpm-trained models (ddim or ddpm); flow models always use the Euler ODE sampler.")
+    sample_steps: int = Field(32, ge=1, description="NFE of the in-training evaluations.")
+    eval_nfe: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32],
+                                description="NFE values of the final evaluation (quality vs sampling compute).")
+    guidance: float = Field(1.0, ge=1.0, description="Classifier-free guidance scale (1 = off; > 1 doubles sampling cost).")
+    class_dropout: float = Field(0.1, ge=0, lt=1, description="Label dropout in training (needed for guidance).")
+
+
 class TrainConfig(StrictModel):
     """Optimisation and the GAT method switches (MNG, learning-rate rule, penalties)."""
 
@@ -173,6 +191,7 @@ class TrainConfig(StrictModel):
     penalty_sigma: float = Field(0.01, gt=0, description="Perturbation std of the approximated penalties.")
     augment: list[AugmentOp] = Field(default_factory=list, description="DiffAugment policy applied to real and fake.")
     vfm: VFMConfig | None = Field(None, description="VFM alignment of D (off when not configured).")
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig, description="Used by model.family: dit.")
     seed: int = Field(0, description="Seed of initialisation, noise and batch order.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")

@@ -18,27 +18,21 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gat_core import checkpoint as ckpt
 from gat_core.augment import AugmentParams, DiffAugment
 from gat_core.config import TrialConfig
-from gat_core.data import BatchSampler, load_dataset
 from gat_core.diagnostics import OutputProbe, block_utilisation
 from gat_core.flops import TrialCost, trial_cost
-from gat_core.latents import LatentData, LatentDecoder, LatentSampler, load_latents
-from gat_core.metrics import fd_of_generator, load_or_train_classifier, reference_stats
 from gat_core.models.discriminator import GATDiscriminator
 from gat_core.models.generator import GATGenerator
 from gat_core.objectives.gan import Align, Judge, discriminator_loss, generator_loss
 from gat_core.objectives.mng import noise_levels
-from gat_core.samples import save_sample_grid
+from gat_core.trial import MODEL_FILE, TrialBase, ema_update
 from gat_core.vfm import REPAHead, VFMTeacher, alignment_loss
 
-KEEP_CHECKPOINTS = 2
 RESULT_FILE = "result.json"
-MODEL_FILE = "final_model.pt"
 
 
 @dataclass
@@ -65,12 +59,6 @@ class TrainResult:
 Report = Callable[[TrainEvent], None]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def learning_rates(cfg: TrialConfig) -> tuple[float, float]:
     """(lr_G, lr_D): the width-aware rule scales each network's lr by base_width / its own width."""
     t = cfg.train
@@ -91,19 +79,12 @@ def build_networks(cfg: TrialConfig, num_classes: int) -> tuple[GATGenerator, GA
     return gen, disc
 
 
-class Trainer:
-    """Holds the state of one trial; `iteration()` is one GAT training iteration."""
+class Trainer(TrialBase):
+    """The GAN trial: G, D, EMA of G, optimisers; `iteration()` is one GAT training iteration."""
 
     def __init__(self, cfg: TrialConfig, workdir: Path, cache_dir: Path | None = None) -> None:
-        self.cfg, self.workdir = cfg, Path(workdir)
-        self.cache_dir = Path(cache_dir) if cache_dir else self.workdir / "cache"
+        super().__init__(cfg, workdir, cache_dir)
         t = cfg.train
-        self.device = resolve_device(t.device)
-        bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-        torch.manual_seed(t.seed)
-
-        self._setup_data()
         self.cost: TrialCost = trial_cost(cfg, self.dataset.num_classes)
         self.total_steps = self.cost.steps
 
@@ -125,35 +106,6 @@ class Trainer:
         real, labels = self.probe_reals(n), self.dataset.labels[:n].to(self.device)
         self.probe = OutputProbe(z=torch.randn(n, self.G.z_dim, generator=probe_gen).to(self.device), labels=labels,
                                  real_stack=real.repeat(1, t.levels, 1, 1))
-
-    def _setup_data(self) -> None:
-        """Pixel space: images are what G makes.  Latent space: G makes latents, the VAE decodes them."""
-        t, data_cfg = self.cfg.train, self.cfg.dataset
-        self.latent: LatentData | None = None
-        self.decode: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
-        if data_cfg.latents is None:
-            self.dataset = load_dataset(data_cfg)
-            self.sampler = BatchSampler(self.dataset, t.batch_size, seed=t.seed, device=self.device)
-            return
-        self.latent = load_latents(data_cfg.latents)
-        if self.latent.pixels is None:
-            raise ValueError(f"dataset.latents: {data_cfg.latents} was encoded without its images, which the "
-                             "metrics need; encode it again with --keep-images")
-        self.dataset = self.latent.pixels
-        self.sampler = LatentSampler(self.latent, t.batch_size, seed=t.seed, device=self.device)
-        self.decode = LatentDecoder(self.cfg.eval.vae or self.latent.meta["vae"], self.latent.scaling_factor,
-                                    self.device, out_channels=self.dataset.channels)
-
-    def probe_reals(self, n: int) -> torch.Tensor:
-        """The first n training inputs (posterior means in latent space), for diagnostics."""
-        if self.latent is None:
-            return self.dataset.images[:n].to(self.device)
-        mean = self.latent.moments.images[:n].chunk(2, dim=1)[0]
-        return (mean * self.latent.scaling_factor).to(self.device)
-
-    def real_pixels(self, real: torch.Tensor) -> torch.Tensor:
-        """The source images of the current batch (what a pixel-space teacher sees)."""
-        return real if self.latent is None else self.sampler.last_pixels
 
     def _build_vfm(self) -> tuple[VFMTeacher | None, REPAHead | None]:
         vfm = self.cfg.train.vfm
@@ -197,70 +149,39 @@ class Trainer:
                 loss_d, logs = discriminator_loss(self.judge, real, fake_levels, labels, t.r1_gamma, t.r2_gamma,
                                                   exact=exact, sigma=t.penalty_sigma, align=self._align(real),
                                                   align_weight=t.vfm.weight if t.vfm else 0.0)
-            self._optimise(self.opt_d, self.D, loss_d)
+            self.optimise(self.opt_d, self.D, loss_d)
 
         self.D.requires_grad_(False)
         with self.autocast():
             w = self.G.style(z, labels)
             loss_g, g_logs = generator_loss(self.judge, real, self.G.forward_levels(w), labels)
-        self._optimise(self.opt_g, self.G, loss_g)
+        self.optimise(self.opt_g, self.G, loss_g)
         self.G.update_w_avg(w, labels, t.w_avg_beta)
-        self._update_ema()
+        ema_update(self.G_ema, self.G, self.ema_decay())
         self.step += 1
         return {**logs, **g_logs}
 
-    def _optimise(self, opt: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor) -> None:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.train.grad_clip:
-            nn.utils.clip_grad_norm_(net.parameters(), self.cfg.train.grad_clip)
-        opt.step()
+    def probe_before(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.probe.outputs(self.G, self.D)
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = self.cfg.train.ema
-        if self.cfg.train.ema_warmup:
-            decay = min(decay, (1 + self.step) / (10 + self.step))
-        ema_params, params = list(self.G_ema.parameters()), list(self.G.parameters())
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-        for ema_buf, buf in zip(self.G_ema.buffers(), self.G.buffers()):
-            ema_buf.copy_(buf)
+    def probe_after(self, before: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        return self.probe.change(before, self.G, self.D)
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"lr_g": self.opt_g.param_groups[0]["lr"], "lr_d": self.opt_d.param_groups[0]["lr"]}
 
     # --- evaluation ---------------------------------------------------------------------------
-    def prepare_eval(self) -> float:
-        """Train (or load) the feature classifier and the reference statistics; returns its accuracy."""
-        e = self.cfg.eval
-        self.extractor, accuracy = load_or_train_classifier(self.dataset, self.cache_dir, e.classifier_epochs, seed=0)
-        self.ref_stats = reference_stats(self.extractor, self.dataset, self.cache_dir)
-        return accuracy
+    def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One forward pass of the EMA generator (1 NFE)."""
+        z = torch.randn(labels.shape[0], self.G_ema.z_dim, generator=generator).to(self.device)
+        return self.G_ema(z, labels)
 
     @torch.no_grad()
     def evaluate(self, num_samples: int) -> dict[str, float]:
-        """FD in the classifier's features of EMA-generator samples (fixed seed, so steps are comparable)."""
-        def generate(labels: torch.Tensor) -> torch.Tensor:
-            labels = labels.to(self.device)
-            z = torch.randn(labels.shape[0], self.G_ema.z_dim, device=self.device)
-            with self.autocast():
-                return self.decode(self.G_ema(z, labels).float()).clamp(-1, 1)
-
-        fd = fd_of_generator(generate, num_samples, self.cfg.eval.batch_size, self.dataset.num_classes,
-                             self.extractor, self.ref_stats, seed=1234)
-        probe = self.probe
+        """Quality of EMA samples plus the per-block utilisation of the EMA generator."""
         with self.autocast():
-            utilisation = block_utilisation(self.G_ema, probe.z, probe.labels)
-        return {self.cfg.eval.metric: fd, "eval_samples": float(num_samples),
-                **{f"block_util_{i}": u for i, u in enumerate(utilisation)}}
-
-    @torch.no_grad()
-    def sample_grid(self, path: Path) -> Path:
-        """A grid of EMA samples, one class per row, same noise every time."""
-        n = self.cfg.eval.grid_size
-        gen = torch.Generator().manual_seed(99)
-        labels = (torch.arange(n * n) // n) % self.dataset.num_classes
-        z = torch.randn(n * n, self.G_ema.z_dim, generator=gen)
-        with self.autocast():
-            images = self.decode(self.G_ema(z.to(self.device), labels.to(self.device)).float()).cpu()
-        return save_sample_grid(images, path, nrow=n)
+            utilisation = block_utilisation(self.G_ema, self.probe.z, self.probe.labels)
+        return {**super().evaluate(num_samples), **{f"block_util_{i}": u for i, u in enumerate(utilisation)}}
 
     # --- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -268,8 +189,7 @@ class Trainer:
             "step": self.step, "config": self.cfg.model_dump_json(),
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-            "sampler": self.sampler.state_dict(), "rng": torch.get_rng_state(),
-            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
+            "sampler": self.sampler.state_dict(), **self.rng_state(),
             **({"repa_head": self.repa_head.state_dict()} if self.repa_head else {}),
         }
 
@@ -282,25 +202,20 @@ class Trainer:
             self.repa_head.load_state_dict(state["repa_head"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["rng"])
-        if self.device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.load_rng_state(state)
         self.step = int(state["step"])
 
-    def save_checkpoint(self) -> Path:
-        folder = self.workdir / "checkpoints"
-        path = ckpt.save_atomic(self.state_dict(), ckpt.step_path(folder, self.step))
-        ckpt.prune(folder, KEEP_CHECKPOINTS)
-        return path
+    def model_state(self) -> dict:
+        return {"G_ema": self.G_ema.state_dict()}
 
-    def save_model(self) -> Path:
-        """The EMA generator alone with its config: what sampling and evaluation need."""
-        state = {"step": self.step, "config": self.cfg.model_dump_json(), "G_ema": self.G_ema.state_dict(),
-                 "num_classes": self.dataset.num_classes}
-        return ckpt.save_atomic(state, self.workdir / MODEL_FILE)
 
-    def train_flops(self) -> float:
-        return float(self.cost.macs_per_sample_iter) * self.cfg.train.batch_size * self.step
+def make_trainer(cfg: TrialConfig, workdir: Path, cache_dir: Path | None = None) -> TrialBase:
+    """The trainer of the trial's model family."""
+    if cfg.model.family == "dit":
+        from gat_core.diffusion_trainer import DiffusionTrainer
+
+        return DiffusionTrainer(cfg, workdir, cache_dir)
+    return Trainer(cfg, workdir, cache_dir)
 
 
 def _mean_logs(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
@@ -323,7 +238,7 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
                            reason=saved.get("reason", ""), model_path=workdir / MODEL_FILE)
 
     began = time.perf_counter()
-    trainer = Trainer(cfg, workdir, cache_dir)
+    trainer = make_trainer(cfg, workdir, cache_dir)
     state = ckpt.load(resume_from) if resume_from else ckpt.load_latest(workdir / "checkpoints")
     if state is not None:
         trainer.load_state_dict(state)
@@ -338,17 +253,16 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
     count, tic = 0, time.perf_counter()
     while trainer.step < total:
         logs_now = (trainer.step + 1) % t.log_every == 0 or trainer.step + 1 == total
-        before = trainer.probe.outputs(trainer.G, trainer.D) if logs_now else None
+        before = trainer.probe_before() if logs_now else None
         logs = trainer.iteration()
         for k, v in logs.items():
             sums[k] = sums.get(k, 0) + v.detach().float()
         count += 1
         step = trainer.step
         if logs_now:
-            metrics = {**_mean_logs(sums, count), **trainer.probe.change(before, trainer.G, trainer.D)}
+            metrics = {**_mean_logs(sums, count), **trainer.probe_after(before)}
             elapsed = time.perf_counter() - tic
-            metrics.update(train_flops=trainer.train_flops(), sec_per_step=elapsed / count,
-                           lr_g=trainer.opt_g.param_groups[0]["lr"], lr_d=trainer.opt_d.param_groups[0]["lr"],
+            metrics.update(train_flops=trainer.train_flops(), sec_per_step=elapsed / count, **trainer.learning_rates(),
                            macs_per_sec=trainer.cost.macs_per_sample_iter * t.batch_size * count / elapsed)
             bad = [k for k, v in metrics.items() if not math.isfinite(v)]
             if bad:
@@ -364,12 +278,12 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
             trainer.save_checkpoint()
             report(TrainEvent("checkpoint", step, total, checkpoint_dir=workdir / "checkpoints"))
 
-    metrics = {**trainer.evaluate(e.final_samples), "train_flops": trainer.train_flops(),
+    metrics = {**trainer.final_evaluate(e.final_samples), "train_flops": trainer.train_flops(),
                "trial_seconds": time.perf_counter() - began}  # this attempt, setup and evaluations included
     return _finish(trainer, report, "completed", metrics)
 
 
-def _finish(trainer: Trainer, report: Report, status: Literal["completed", "diverged"],
+def _finish(trainer: TrialBase, report: Report, status: Literal["completed", "diverged"],
             metrics: dict[str, float], reason: str = "") -> TrainResult:
     """Final checkpoint, model file, sample grid and result marker; then the final event."""
     workdir = trainer.workdir

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import warnings
 
 import pytest
 import torch
@@ -147,44 +146,13 @@ def test_teacher_table_matches_timm(name):
     assert net.num_features == DINOV2_ARCH[name][0]
 
 
-def _math_attention_d_step(monkeypatch):
-    """Exact penalties need a double backward, which the fused attention kernels lack: run the D step
-    (its forward passes and its backward, where checkpointing recomputes blocks) on the math backend,
-    which is what `iteration_passes` assumes for the exact variant."""
-    original_loss, original_optimise = train_module.discriminator_loss, train_module.Trainer._optimise
-
-    def discriminator_loss(*args, **kwargs):
-        with sdpa_kernel([SDPBackend.MATH]) if kwargs.get("exact") else contextlib.nullcontext():
-            return original_loss(*args, **kwargs)
-
-    def optimise(self, opt, net, loss):
-        exact_d_step = opt is self.opt_d and self.cfg.train.penalty == "exact"
-        with sdpa_kernel([SDPBackend.MATH]) if exact_d_step else contextlib.nullcontext():
-            return original_optimise(self, opt, net, loss)
-
-    monkeypatch.setattr(train_module, "discriminator_loss", discriminator_loss)
-    monkeypatch.setattr(train_module.Trainer, "_optimise", optimise)
-
-
-def measured_iteration(trainer, monkeypatch) -> int:
-    try:
-        return count_macs(trainer.iteration)
-    except RuntimeError as err:  # the trainer's exact penalty on the fused attention kernels
-        if "_scaled_dot_product_flash_attention_for_cpu_backward" not in str(err):
-            raise
-        warnings.warn("penalty: exact fails with fused attention (no double backward); measured with the "
-                      "D step on the math attention backend", stacklevel=2)
-        _math_attention_d_step(monkeypatch)
-        return count_macs(trainer.iteration)
-
-
 @pytest.mark.parametrize("penalty, mng, depth, backend, r2_gamma, checkpoint, vfm", [
     ("approx", "exp", 4, "fused", 0.1, False, False),
     ("approx", "off", 2, "math", 0.0, True, True),
     ("exact", "exp", 4, "fused", 0.1, False, False),
     ("exact", "off", 2, "fused", 0.0, True, True),
 ])
-def test_training_iteration_matches_flop_counter(tmp_path, monkeypatch, request, penalty, mng, depth, backend,
+def test_training_iteration_matches_flop_counter(tmp_path, request, penalty, mng, depth, backend,
                                                  r2_gamma, checkpoint, vfm):
     batch = 2
     train = {"steps": 1, "batch_size": batch, "penalty": penalty, "mng": mng, "r2_gamma": r2_gamma,
@@ -199,7 +167,7 @@ def test_training_iteration_matches_flop_counter(tmp_path, monkeypatch, request,
     })
     trainer = train_module.Trainer(cfg, tmp_path)
     with sdpa_kernel([SDPBackend.MATH]) if backend == "math" else contextlib.nullcontext():
-        measured = measured_iteration(trainer, monkeypatch)
+        measured = count_macs(trainer.iteration)
     g = generator_cost(cfg.model, 16, 3, cfg.train.levels)
     d = discriminator_cost(cfg.model, 16, 3, cfg.train.levels)
     vfm_macs = vfm_cost(cfg.train.vfm, cfg.model, 16) if vfm else None

@@ -17,8 +17,10 @@ def preset_names() -> list[str]:
 
 
 def parse_preset(name: str) -> dict[str, int]:
-    """`GAT-B/4` -> {depth, width, heads, patch_size}; ValueError naming the choices otherwise."""
+    """`GAT-B/4` (or `DiT-B/4`, the same sizes) -> {depth, width, heads, patch_size}; ValueError otherwise."""
     size, _, patch = name.partition("/")
+    size = "GAT-" + size[len("DiT-"):] if size.startswith("DiT-") else size
     if size not in PRESETS or not patch.isdigit() or int(patch) not in PATCH_SIZES:
-        raise ValueError(f"model.preset: unknown preset {name!r}; expected one of {', '.join(preset_names())}")
+        raise ValueError(f"model.preset: unknown preset {name!r}; expected one of {', '.join(preset_names())} "
+                         "(or DiT-S/2 ... DiT-XL/8 for the diffusion baseline)")
     return {**PRESETS[size], "patch_size": int(patch)}

@@ -1,0 +1,184 @@
+"""What every kind of trial shares: device and precision, data (pixels or latents), the
+quality metric, sample grids, checkpoints and compute bookkeeping.
+
+`gat_core.train.Trainer` (the GAN) and `gat_core.diffusion_trainer.DiffusionTrainer`
+(the DiT baseline) build on it, so both families see the same data, the same metric
+and the same compute accounting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gat_core import checkpoint as ckpt
+from gat_core.config import TrialConfig
+from gat_core.data import BatchSampler, load_dataset
+from gat_core.latents import LatentData, LatentDecoder, LatentSampler, load_latents
+from gat_core.metrics import fd_of_generator, load_or_train_classifier, reference_stats
+from gat_core.samples import save_sample_grid
+
+KEEP_CHECKPOINTS = 2
+MODEL_FILE = "final_model.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """Parameters move toward the model by (1 - decay); buffers are copied."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    for ema_buf, buf in zip(ema.buffers(), model.buffers()):
+        ema_buf.copy_(buf)
+
+
+class TrialBase:
+    """State and services shared by the trainers; subclasses add the networks and `iteration()`."""
+
+    total_steps: int
+    step: int = 0
+
+    def __init__(self, cfg: TrialConfig, workdir: Path, cache_dir: Path | None = None) -> None:
+        self.cfg, self.workdir = cfg, Path(workdir)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.workdir / "cache"
+        t = cfg.train
+        self.device = resolve_device(t.device)
+        bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+        torch.manual_seed(t.seed)
+        self._setup_data()
+
+    def _setup_data(self) -> None:
+        """Pixel space: images are what G makes.  Latent space: G makes latents, the VAE decodes them."""
+        t, data_cfg = self.cfg.train, self.cfg.dataset
+        self.latent: LatentData | None = None
+        self.decode: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+        if data_cfg.latents is None:
+            self.dataset = load_dataset(data_cfg)
+            self.sampler = BatchSampler(self.dataset, t.batch_size, seed=t.seed, device=self.device)
+            return
+        self.latent = load_latents(data_cfg.latents)
+        if self.latent.pixels is None:
+            raise ValueError(f"dataset.latents: {data_cfg.latents} was encoded without its images, which the "
+                             "metrics need; encode it again with --keep-images")
+        self.dataset = self.latent.pixels
+        self.sampler = LatentSampler(self.latent, t.batch_size, seed=t.seed, device=self.device)
+        self.decode = LatentDecoder(self.cfg.eval.vae or self.latent.meta["vae"], self.latent.scaling_factor,
+                                    self.device, out_channels=self.dataset.channels)
+
+    def probe_reals(self, n: int) -> torch.Tensor:
+        """The first n training inputs (posterior means in latent space), for diagnostics."""
+        if self.latent is None:
+            return self.dataset.images[:n].to(self.device)
+        mean = self.latent.moments.images[:n].chunk(2, dim=1)[0]
+        return (mean * self.latent.scaling_factor).to(self.device)
+
+    def real_pixels(self, real: torch.Tensor) -> torch.Tensor:
+        """The source images of the current batch (what a pixel-space teacher sees)."""
+        return real if self.latent is None else self.sampler.last_pixels
+
+    # --- training helpers ---------------------------------------------------------------------
+    def optimise(self, opt: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.train.grad_clip:
+            nn.utils.clip_grad_norm_(net.parameters(), self.cfg.train.grad_clip)
+        opt.step()
+
+    def ema_decay(self) -> float:
+        """train.ema, or with warm-up min(ema, (1 + step) / (10 + step))."""
+        decay = self.cfg.train.ema
+        return min(decay, (1 + self.step) / (10 + self.step)) if self.cfg.train.ema_warmup else decay
+
+    def probe_before(self) -> Any:
+        """Diagnostics state before a logged step (none by default)."""
+        return None
+
+    def probe_after(self, before: Any) -> dict[str, float]:
+        return {}
+
+    def learning_rates(self) -> dict[str, float]:
+        return {}
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def prepare_eval(self) -> float:
+        """Train (or load) the feature classifier and the reference statistics; returns its accuracy."""
+        e = self.cfg.eval
+        self.extractor, accuracy = load_or_train_classifier(self.dataset, self.cache_dir, e.classifier_epochs, seed=0)
+        self.ref_stats = reference_stats(self.extractor, self.dataset, self.cache_dir)
+        return accuracy
+
+    def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Samples of the evaluated model in the training space (pixels or latents)."""
+        raise NotImplementedError  # each trainer says how it samples
+
+    @torch.no_grad()
+    def quality(self, num_samples: int, generate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+        """The quality metric (FD in the classifier's features) of decoded samples, fixed seed."""
+        sample = generate or self.generate
+
+        def images(labels: torch.Tensor) -> torch.Tensor:
+            with self.autocast():
+                return self.decode(sample(labels.to(self.device)).float()).clamp(-1, 1)
+
+        return fd_of_generator(images, num_samples, self.cfg.eval.batch_size, self.dataset.num_classes,
+                               self.extractor, self.ref_stats, seed=1234)
+
+    def evaluate(self, num_samples: int) -> dict[str, float]:
+        return {self.cfg.eval.metric: self.quality(num_samples), "eval_samples": float(num_samples)}
+
+    def final_evaluate(self, num_samples: int) -> dict[str, float]:
+        return self.evaluate(num_samples)
+
+    @torch.no_grad()
+    def sample_grid(self, path: Path) -> Path:
+        """A grid of samples, one class per row, the same noise every time."""
+        n = self.cfg.eval.grid_size
+        labels = (torch.arange(n * n) // n) % self.dataset.num_classes
+        with self.autocast():
+            images = self.decode(self.generate(labels.to(self.device), torch.Generator().manual_seed(99)).float())
+        return save_sample_grid(images.cpu(), path, nrow=n)
+
+    # --- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        return {"rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})}
+
+    def load_rng_state(self, state: dict) -> None:
+        torch.set_rng_state(state["rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def save_checkpoint(self) -> Path:
+        folder = self.workdir / "checkpoints"
+        path = ckpt.save_atomic(self.state_dict(), ckpt.step_path(folder, self.step))
+        ckpt.prune(folder, KEEP_CHECKPOINTS)
+        return path
+
+    def model_state(self) -> dict:
+        """What sampling needs (EMA weights), saved as the trial's model file."""
+        raise NotImplementedError
+
+    def save_model(self) -> Path:
+        state = {"step": self.step, "config": self.cfg.model_dump_json(), "num_classes": self.dataset.num_classes,
+                 **self.model_state()}
+        return ckpt.save_atomic(state, self.workdir / MODEL_FILE)
+
+    def train_flops(self) -> float:
+        """Cumulative training compute so far, MACs."""
+        return float(self.cost.macs_per_sample_iter) * self.cfg.train.batch_size * self.step
