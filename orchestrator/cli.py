@@ -44,6 +44,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcomes = run_study(study, address=args.address, tracking_uri=args.tracking_uri, dashboard=args.dashboard,
                          num_cpus=args.num_cpus)
     print(format_outcomes(study, outcomes, args.tracking_uri or study.config.tracking_uri))
+    if any(o.status == "interrupted" for o in outcomes):
+        return 130
     return 0 if all(o.status in ("completed", "diverged") for o in outcomes) else 1
 
 

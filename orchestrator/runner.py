@@ -123,18 +123,23 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     say(f"study {cfg.name}: {len(study.trials)} trials, {len(study.trials) - len(todo)} already finished, "
         f"{len(todo)} to run; MLflow: {uri} (experiment {cfg.experiment})")
 
-    status = "completed"
     if todo:
-        status = _fit(study, todo, run_ids, uri, out, address, dashboard, num_cpus, quiet)
+        _fit(study, todo, run_ids, uri, out, address, dashboard, num_cpus, quiet)
     outcomes = collect_outcomes(study, tracker)
-    if status == "completed" and any(o.status not in FINAL_STATUSES for o in outcomes):
-        status = "failed"
+    unfinished = [o for o in outcomes if o.status not in (*FINAL_STATUSES, "failed")]
+    for o in unfinished:  # stopped by Ctrl-C or a lost driver: resumable, say so
+        tracker.client.set_tag(o.run_id, "status", "interrupted")
+        tracker.client.set_terminated(o.run_id, "KILLED")
+    if unfinished:
+        say(f"interrupted: {len(unfinished)} trials unfinished; run the same command again to resume them")
+    status = ("interrupted" if unfinished else
+              "failed" if any(o.status == "failed" for o in outcomes) else "completed")
     tracker.set_study_status(parent_id, status)
-    return outcomes
+    return collect_outcomes(study, tracker) if unfinished else outcomes
 
 
 def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path, address: str | None,
-         dashboard: bool, num_cpus: int | None, quiet: bool) -> str:
+         dashboard: bool, num_cpus: int | None, quiet: bool) -> None:
     from ray import tune
 
     res = study.config.resources
@@ -158,10 +163,9 @@ def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path,
         ),
     )
     try:
-        grid = tuner.fit()
+        tuner.fit()  # Ctrl-C: Tune stops the trials and returns; MLflow says which ones finished
     except KeyboardInterrupt:
-        return "interrupted"
-    return "completed" if not grid.errors else "failed"
+        pass
 
 
 def collect_outcomes(study: Study, tracker: StudyTracker) -> list[TrialOutcome]:

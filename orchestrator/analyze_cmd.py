@@ -1,0 +1,96 @@
+"""`gat-study analyze`: fits, tables, plots and report.md of a finished study, from MLflow alone.
+
+Kept apart from the other commands so that analysing never imports torch or Ray: the
+study YAML is only parsed (lazily) when one is given instead of a study name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from analysis.errors import AnalysisError
+
+__all__ = ["AnalysisError", "add_analyze_parser", "analyze", "cmd_analyze", "resolve_target"]
+
+
+def resolve_target(study_or_yaml: str, tracking_uri: str | None = None,
+                   out_dir: Path | None = None) -> tuple[str, str, Path]:
+    """(study name, tracking URI, output folder) for a study name or a study YAML file.
+
+    A YAML file gives its name, its tracking URI and `<output_dir>/analysis`; a bare name
+    uses `--tracking-uri`, else $MLFLOW_TRACKING_URI, else the default store
+    `runs/<name>/mlflow.db`, and writes to `runs/<name>/analysis`.
+    """
+    path = Path(study_or_yaml)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        from orchestrator.study import load_study
+
+        config = load_study(path).config
+        return config.name, tracking_uri or config.tracking_uri, out_dir or config.out / "analysis"
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+        f"sqlite:///{(Path('runs') / study_or_yaml / 'mlflow.db').resolve()}"
+    return study_or_yaml, uri, out_dir or (Path("runs") / study_or_yaml / "analysis").resolve()
+
+
+def run_analysis(study: str, tracking_uri: str, out_dir: Path, metric: str | None = None,
+                 include_failed: bool = False, *, n_boot: int = 1000, seed: int = 0, log_artifacts: bool = True):
+    """Load the study from MLflow and write the report; returns the `analysis.report.Report`."""
+    from analysis.load import load_studies
+    from analysis.report import write_report
+
+    data = load_studies(tracking_uri, study)
+    return write_report(data, Path(out_dir), metric, include_failed=include_failed, n_boot=n_boot, seed=seed,
+                        log_artifacts=log_artifacts)
+
+
+def analyze(study: str, tracking_uri: str, out_dir: Path, metric: str | None, include_failed: bool = False, *,
+            n_boot: int = 1000, seed: int = 0) -> Path:
+    """Analyse `study` (the study/experiment name) and return the path of report.md.
+
+    Writes fits.json, tables/, plots/ and report.md to `out_dir` and logs them on the
+    study's parent run under `analysis/`.  Raises AnalysisError with a message meant for
+    the user for an unknown study, a single usable trial, all trials diverged, a metric no
+    run logged, or trials scored with different quality metrics.
+    """
+    return run_analysis(study, tracking_uri, out_dir, metric, include_failed, n_boot=n_boot, seed=seed).path
+
+
+def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The `analyze` subcommand, for orchestrator/cli.py's subparsers."""
+    p = sub.add_parser("analyze", help="power-law fits, ablation tables, plots and report.md of a study, from MLflow")
+    p.add_argument("study", help="study name (MLflow experiment) or study YAML file")
+    p.add_argument("--out", type=Path, help="output folder (default: <study output_dir>/analysis)")
+    p.add_argument("--metric", help="metric on the y-axis (default: the trials' eval.metric)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
+    p.add_argument("--include-failed", action="store_true",
+                   help="fit diverged/failed trials too, at their last finite value")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per fit (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=cmd_analyze)
+    return p
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Run the analysis; print where the report is and the headline fits, or the error message."""
+    name, uri, out = resolve_target(args.study, args.tracking_uri, args.out)
+    try:
+        report = run_analysis(name, uri, out, args.metric, args.include_failed, n_boot=args.bootstrap, seed=args.seed)
+    except AnalysisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"study {name}: {report.metric}, {len(report.selection.usable)} trials used, "
+          f"{len(report.selection.excluded)} excluded")
+    for fit in report.scaling.fits:
+        if fit.kind == "power" and "patch=" not in fit.group and "size=" not in fit.group:
+            lo, hi = fit.ci["b"]
+            print(f"  {fit.group:<24} {fit.y} ~ {fit.x}^-b: b = {fit.params['b']:.3f} [{lo:.3f}, {hi:.3f}], "
+                  f"R² = {fit.r2_log:.3f}, n = {fit.n}")
+    for note in report.notes:
+        print(f"  note: {note}")
+    print(f"report: {report.path}")
+    if report.logged_to:
+        print(f"logged to MLflow run(s) {', '.join(report.logged_to)} under analysis/")
+    return 0
