@@ -100,9 +100,15 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+        return
+    # A single-machine Ray on the loopback address: Ray's own switch for laptops (it otherwise advertises the
+    # machine's public address).  Read at import time by Ray, so set it for this process and its children.
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+             log_to_driver=False, configure_logging=False)
 
 
 def run_study(study: Study, *, address: str | None = None, tracking_uri: str | None = None,
