@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.problems:
             print(f"  {line}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:  # missing weights, bad dataset folder, bad latents, ...
+    except (FileNotFoundError, ValueError, ConnectionError) as exc:  # missing weights, bad data, tracking down, ...
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

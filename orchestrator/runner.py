@@ -51,6 +51,9 @@ def run_trial(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[s
     from gat_core.train import TrainEvent, train
 
     torch.set_num_threads(max(1, int(cpus)))
+    # a tracking server that is down must not stall training: fail fast, TrialLogger keeps and retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     trial_id = config["trial_id"]
     cfg = TrialConfig.model_validate_json(trials[trial_id])
     workdir = Path(out_dir) / "trials" / trial_id
@@ -67,7 +70,11 @@ def run_trial(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[s
                 resume_from.parent.mkdir(parents=True, exist_ok=True)
                 resume_from.write_bytes(newest.read_bytes())
 
+    reported_final = False
+
     def report(event: TrainEvent) -> None:
+        nonlocal reported_final
+        reported_final = reported_final or event.kind == "final"
         if event.metrics:
             logger.log(event.step, event.metrics, always=event.kind == "start")
         for name, path in event.artifacts.items():
@@ -88,6 +95,8 @@ def run_trial(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[s
     except Exception as exc:
         logger.finish("failed", -1, reason=f"{type(exc).__name__}: {exc}")
         raise
+    if not reported_final:  # finished in an earlier attempt whose last writes may not have reached MLflow
+        logger.log(result.step, result.metrics)
     logger.finish(result.status, result.step, result.reason)
 
 

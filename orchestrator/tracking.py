@@ -168,8 +168,19 @@ class TrialLogger:
         self.pending_through = self.logged_through
 
     def start(self) -> None:
-        self.client.set_tag(self.run_id, "status", "running")
-        self.client.update_run(self.run_id, status="RUNNING")
+        self._tags({"status": "running"})
+        try:
+            self.client.update_run(self.run_id, status="RUNNING")
+        except Exception as exc:
+            log.warning("MLflow run status update failed: %s", exc)
+
+    def _tags(self, tags: dict[str, str]) -> bool:
+        try:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            return True
+        except Exception as exc:
+            log.warning("MLflow tags %s not written: %s", sorted(tags), exc)
+            return False
 
     def log(self, step: int, metrics: dict[str, float], always: bool = False) -> None:
         """Buffer metrics at `step`; steps an earlier attempt logged are skipped unless `always`."""
@@ -203,13 +214,16 @@ class TrialLogger:
         except Exception as exc:
             log.warning("MLflow artifact upload of %s failed: %s", path, exc)
 
-    def finish(self, status: str, step: int, reason: str = "") -> None:
-        for attempt in range(5):
-            if self.flush():
-                break
-            time.sleep(2 * (attempt + 1))
-        tags = {"status": status, "final_step": str(step)}
-        if reason:
-            tags["reason"] = reason
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        self.client.set_terminated(self.run_id, "FINISHED" if status == "completed" else "FAILED")
+    def finish(self, status: str, step: int, reason: str = "", attempts: int = 6) -> None:
+        """Flush everything and set the final status, retrying for a while if the store is unavailable."""
+        tags = {"status": status, "final_step": str(step), **({"reason": reason} if reason else {})}
+        for attempt in range(attempts):
+            if self.flush() and self._tags(tags):
+                try:
+                    self.client.set_terminated(self.run_id, "FINISHED" if status == "completed" else "FAILED")
+                    return
+                except Exception as exc:
+                    log.warning("MLflow run termination failed: %s", exc)
+            time.sleep(min(30, 2 ** attempt))
+        raise ConnectionError(f"MLflow store unavailable: {len(self.buffer)} metrics and the final status "
+                              f"{status!r} of run {self.run_id} could not be written")
