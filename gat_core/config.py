@@ -197,6 +197,9 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
     grad_checkpoint: bool = Field(False, description="Recompute block activations in backward (saves memory, costs compute).")
     compile: bool = Field(False, description="torch.compile every transformer block (pays off on GPU, rarely on CPU).")
+    collapse_loss_d: float | None = Field(
+        None, gt=0, description="Divergence detector: stop as diverged when loss_d stays below this (D wins outright).")
+    collapse_patience: int = Field(5, ge=1, description="Consecutive reports below collapse_loss_d that count as collapse.")
     log_every: int = Field(10, ge=1, description="Steps between metric reports.")
     checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
 
@@ -239,7 +242,7 @@ class TrialConfig(StrictModel):
         where = "the latent resolution" if self.dataset.latents else "dataset.resolution"
         if res % p:
             raise ValueError(f"model.patch_size: {p} does not divide {where} {res}")
-        if self.train.mng != "off" and self.model.depth < self.train.mng_levels:
+        if self.model.family == "gat" and self.train.mng != "off" and self.model.depth < self.train.mng_levels:
             raise ValueError(
                 f"model.depth: {self.model.depth} blocks cannot carry train.mng_levels={self.train.mng_levels} output heads")
         return self

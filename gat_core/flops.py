@@ -297,3 +297,97 @@ def trial_cost(cfg: TrialConfig, num_classes: int) -> TrialCost:
     params_g, params_d = parameter_counts(cfg.model, ch, levels, num_classes)
     return TrialCost(params_g=params_g, params_d=params_d, gflops_g=g.total / 1e9, gflops_d=d.total / 1e9,
                      macs_per_sample_iter=per_iter, steps=steps, batch_size=cfg.train.batch_size)
+
+
+# --- the diffusion-transformer baseline (model.family: dit) --------------------------------------------------
+# diffusers' DiTTransformer2DModel as built by gat_core.models.dit: patch-embedding conv; per block an
+# adaLN-Zero whose own timestep MLP (256-d sinusoid -> Linear -> SiLU -> Linear) and label table make the
+# conditioning vector, its 6w modulation linear, q/k/v/out projections with bias, attention, a GELU MLP of
+# ratio 4; the final layer recomputes block 0's timestep MLP, a 2w modulation linear and the linear to patches.
+
+DIT_TIME_FEATURES = 256  # diffusers' Timesteps(num_channels=256)
+
+
+@dataclass(frozen=True)
+class DiTNetCost:
+    """Forward MACs per image of the DiT denoiser, split so that backward costs can be derived per part."""
+
+    embed: int        # patch-embedding conv (its input, the noisy image, needs no gradient)
+    blocks: int       # per block: token linears 12 T w^2 + attention 2 T^2 w + conditioning 256 w + 7 w^2
+    final: int        # block 0's timestep MLP again, the 2w modulation linear, the linear to patches
+    attention: int    # the part of `blocks` that is QK^T and AV
+    time_first: int   # first layers of the (depth + 1) timestep MLPs (input: sinusoid, no gradient)
+
+    @property
+    def total(self) -> int:
+        return self.embed + self.blocks + self.final
+
+    @property
+    def linear(self) -> int:
+        return self.total - self.attention
+
+
+def dit_cost(channels: int, resolution: int, patch_size: int, width: int, depth: int) -> DiTNetCost:
+    """Forward MACs per image of `gat_core.models.dit.DiTDenoiser` (one network evaluation, no guidance)."""
+    w, tokens, patch = width, (resolution // patch_size) ** 2, patch_size**2 * channels
+    attention = depth * 2 * tokens * tokens * w
+    cond = DIT_TIME_FEATURES * w + w * w + 6 * w * w
+    blocks = depth * (12 * tokens * w * w + cond) + attention
+    final = DIT_TIME_FEATURES * w + w * w + 2 * w * w + tokens * w * patch
+    return DiTNetCost(embed=tokens * patch * w, blocks=blocks, final=final, attention=attention,
+                      time_first=(depth + 1) * DIT_TIME_FEATURES * w)
+
+
+def dit_forward_macs(channels: int, resolution: int, patch_size: int, width: int, depth: int) -> int:
+    """Forward MACs per image of the DiT denoiser (DiT's "Gflops" x 1e9)."""
+    return dit_cost(channels, resolution, patch_size, width, depth).total
+
+
+def dit_parameter_count(channels: int, patch_size: int, width: int, depth: int, num_classes: int) -> int:
+    """Parameters of the DiT denoiser: every block carries its own timestep MLP and (num_classes + 1)-row label table."""
+    w, patch = width, patch_size**2 * channels
+    block = (DIT_TIME_FEATURES * w + w + w * w + w     # timestep MLP
+             + (num_classes + 1) * w                   # label table with the null row
+             + 6 * w * w + 6 * w                       # adaLN-Zero modulation
+             + 4 * (w * w + w)                         # q, k, v, out
+             + 4 * w * w + 4 * w + 4 * w * w + w)      # GELU MLP
+    return patch * w + w + depth * block + 2 * w * w + 2 * w + w * patch + patch
+
+
+def dit_iteration_passes(cost: DiTNetCost, *, fused_attention: bool = True,
+                         grad_checkpoint: bool = False) -> dict[str, int]:
+    """MACs per sample of the passes of one `DiffusionTrainer.iteration()`: forward, backward, recompute.
+
+    Backward: every weight matmul gets its weight gradient and its input gradient, except the patch
+    embedding and the timestep MLPs' first layers, whose inputs (noisy image, sinusoid) need none;
+    attention backward is 2.5x forward with the fused kernels, 2x on the math backend.  Label
+    embeddings are look-ups (no MACs).  Gradient checkpointing re-runs every block forward once.
+    """
+    backward = 2 * cost.linear - cost.embed - cost.time_first + _attention_backward(cost.attention, fused_attention)
+    return {"forward": cost.total, "backward": backward, "recompute": cost.blocks if grad_checkpoint else 0}
+
+
+def dit_iteration_macs(cost: DiTNetCost, *, fused_attention: bool = True, grad_checkpoint: bool = False) -> int:
+    """MACs of one diffusion training iteration per sample (about 3x the forward)."""
+    return sum(dit_iteration_passes(cost, fused_attention=fused_attention, grad_checkpoint=grad_checkpoint).values())
+
+
+def sampling_macs(forward: int, nfe: int, guidance: float = 1.0) -> int:
+    """Sampling MACs per image: NFE x forward, x 2 with classifier-free guidance (guidance > 1)."""
+    return forward * nfe * (2 if guidance > 1.0 else 1)
+
+
+def dit_trial_cost(cfg: TrialConfig, num_classes: int) -> TrialCost:
+    """`TrialCost` of a `model.family: dit` trial: params_g/gflops_g are the denoiser's, D's are 0."""
+    (res, ch), m, t = model_shape(cfg), cfg.model, cfg.train
+    cost = dit_cost(ch, res, m.patch_size, m.width, m.depth)
+    per_iter = dit_iteration_macs(cost, grad_checkpoint=t.grad_checkpoint)
+    steps = t.steps or max(1, int(t.flops_budget // (per_iter * t.batch_size)))
+    return TrialCost(params_g=dit_parameter_count(ch, m.patch_size, m.width, m.depth, num_classes), params_d=0,
+                     gflops_g=cost.total / 1e9, gflops_d=0.0, macs_per_sample_iter=per_iter, steps=steps,
+                     batch_size=t.batch_size)
+
+
+def family_trial_cost(cfg: TrialConfig, num_classes: int) -> TrialCost:
+    """`trial_cost` or `dit_trial_cost`, by `model.family` (what a planner of mixed studies should call)."""
+    return dit_trial_cost(cfg, num_classes) if cfg.model.family == "dit" else trial_cost(cfg, num_classes)

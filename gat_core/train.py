@@ -218,6 +218,26 @@ def make_trainer(cfg: TrialConfig, workdir: Path, cache_dir: Path | None = None)
     return Trainer(cfg, workdir, cache_dir)
 
 
+@dataclass
+class DivergenceCheck:
+    """Non-finite metrics always; optionally a collapse: loss_d below a floor for `patience` reports."""
+
+    collapse_loss_d: float | None
+    patience: int
+    strikes: int = 0
+
+    def check(self, step: int, metrics: dict[str, float]) -> str:
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad:
+            return f"non-finite {', '.join(bad)} at step {step}"
+        if self.collapse_loss_d is not None and "loss_d" in metrics:
+            self.strikes = self.strikes + 1 if metrics["loss_d"] < self.collapse_loss_d else 0
+            if self.strikes >= self.patience:
+                return (f"collapse at step {step}: loss_d below {self.collapse_loss_d} "
+                        f"for {self.patience} consecutive reports")
+        return ""
+
+
 def _mean_logs(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
     return {k: float(v) / count for k, v in sums.items()}
 
@@ -251,6 +271,7 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
 
     sums: dict[str, torch.Tensor] = {}
     count, tic = 0, time.perf_counter()
+    divergence = DivergenceCheck(t.collapse_loss_d, t.collapse_patience)
     while trainer.step < total:
         logs_now = (trainer.step + 1) % t.log_every == 0 or trainer.step + 1 == total
         before = trainer.probe_before() if logs_now else None
@@ -264,9 +285,8 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
             elapsed = time.perf_counter() - tic
             metrics.update(train_flops=trainer.train_flops(), sec_per_step=elapsed / count, **trainer.learning_rates(),
                            macs_per_sec=trainer.cost.macs_per_sample_iter * t.batch_size * count / elapsed)
-            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-            if bad:
-                reason = f"non-finite {', '.join(bad)} at step {step}"
+            reason = divergence.check(step, metrics)
+            if reason:
                 return _finish(trainer, report, "diverged", metrics, reason)
             report(TrainEvent("progress", step, total, metrics))
             sums, count, tic = {}, 0, time.perf_counter()

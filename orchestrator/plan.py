@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from gat_core.config import DATASET_CLASSES, DataConfig
-from gat_core.flops import TrialCost, trial_cost
+from gat_core.flops import TrialCost, family_trial_cost, sampling_macs
 from orchestrator.study import Study, Trial
 
 
@@ -21,7 +21,19 @@ def dataset_classes(cfg: DataConfig) -> int:
 
 
 def plan_trial(trial: Trial) -> TrialCost:
-    return trial_cost(trial.config, dataset_classes(trial.config.dataset))
+    return family_trial_cost(trial.config, dataset_classes(trial.config.dataset))
+
+
+def compute_columns(trial: Trial) -> dict[str, float]:
+    """The compute params every child run carries: sizes, per-image GFLOPs, training MACs per sample-iteration,
+    steps, and the sampling cost per image (GAT: one G forward; DiT: NFE x forward, x 2 with guidance)."""
+    cost = plan_trial(trial)
+    columns = {k: v for k, v in cost.as_dict().items() if k not in ("batch_size", "train_flops")}
+    sample = cost.gflops_g
+    if trial.config.model.family == "dit":
+        d = trial.config.train.diffusion
+        sample = sampling_macs(round(cost.gflops_g * 1e9), d.sample_steps, d.guidance) / 1e9
+    return {**columns, "sample_gflops": sample}
 
 
 def plan_rows(study: Study) -> list[dict[str, Any]]:
@@ -30,9 +42,10 @@ def plan_rows(study: Study) -> list[dict[str, Any]]:
         m, cost = t.config.model, plan_trial(t)
         rows.append({
             "trial_id": t.trial_id, "name": t.name, "swept": t.swept,
-            "g": f"{m.width}x{m.depth}/h{m.heads}", "d": f"{m.disc_width}x{m.disc_depth}/h{m.disc_heads}",
+            "family": m.family, "g": f"{m.width}x{m.depth}/h{m.heads}",
+            "d": f"{m.disc_width}x{m.disc_depth}/h{m.disc_heads}" if m.family == "gat" else "-",
             "patch": m.patch_size, "tokens": (t.config.dataset.model_resolution // m.patch_size) ** 2,
-            **cost.as_dict(),
+            **cost.as_dict(), "sample_gflops": compute_columns(t)["sample_gflops"],
         })
     return rows
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.plan import plan_trial
+from orchestrator.plan import compute_columns
 from orchestrator.progress import ProgressTable
 from orchestrator.study import Study
 from orchestrator.tracking import FINAL_STATUSES, StudyTracker, TrialLogger
@@ -130,7 +130,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     tracker = StudyTracker(uri, cfg.experiment, artifact_root=out / "mlartifacts")
     parent_id = tracker.ensure_parent(study)
     existing = tracker.trial_runs(cfg.name)
-    run_ids = {t.trial_id: tracker.ensure_child(study, t, parent_id, plan_trial(t).as_dict(), existing)
+    run_ids = {t.trial_id: tracker.ensure_child(study, t, parent_id, compute_columns(t), existing)
                for t in study.trials}
     finished = {tid for tid, run in existing.items() if run.data.tags.get("status") in FINAL_STATUSES}
     todo = [t for t in study.trials if t.trial_id not in finished]

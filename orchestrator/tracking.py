@@ -134,9 +134,7 @@ class StudyTracker:
         tags = {ROLE_TAG: "trial", STUDY_TAG: study.config.name, PARENT_TAG: parent_id, "trial_id": trial.trial_id,
                 "status": "pending", "flops_convention": "MAC (DiT): 1 multiply-accumulate = 1 FLOP"}
         run = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags)
-        params = {**trial.params(), **{k: cost[k] for k in ("gflops_g", "gflops_d", "params_g", "params_d",
-                                                          "macs_per_sample_iter", "steps")},
-                  "trial_index": trial.index, "swept": sorted(trial.swept)}
+        params = {**trial.params(), **cost, "trial_index": trial.index, "swept": sorted(trial.swept)}
         items = _params(params)
         for i in range(0, len(items), 90):
             self.client.log_batch(run.info.run_id, params=items[i:i + 90])

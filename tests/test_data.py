@@ -59,7 +59,8 @@ def test_shapes_fast() -> None:
     start = time.perf_counter()
     ds = shapes(size=8000, resolution=16)
     assert len(ds) == 8000
-    assert time.perf_counter() - start < 15.0  # ~1 s on 2 idle cores; generous for a loaded CI machine
+    # ~1 s on 2 idle cores.  The bound only has to catch per-pixel Python loops (minutes), not a busy machine.
+    assert time.perf_counter() - start < 30.0
 
 
 # --- digits -------------------------------------------------------------------------------------

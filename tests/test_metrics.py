@@ -20,7 +20,7 @@ from gat_core.metrics import (
     reference_stats, train_classifier,
 )
 
-EPOCHS = 4
+EPOCHS = 3
 
 
 # --- RunningStats -------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_frechet_rejects_bad_input() -> None:
 
 @pytest.fixture(scope="module")
 def shapes_data() -> ImageDataset:
-    return load_dataset(DataConfig(name="shapes", resolution=16, size=4000, seed=0))
+    return load_dataset(DataConfig(name="shapes", resolution=16, size=2400, seed=0))
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_classifier_features_quantised(shapes_data: ImageDataset, trained: dict)
 
 def test_classifier_accurate_on_digits() -> None:
     digits = load_dataset(DataConfig(name="digits", resolution=16))
-    model, accuracy = train_classifier(digits, epochs=8, seed=0)
+    _, accuracy = train_classifier(digits, epochs=5, seed=0)
     assert accuracy > 0.9
 
 
@@ -219,18 +219,18 @@ def test_fd_separates_real_from_degraded(shapes_data: ImageDataset, trained: dic
 
     fd_real = fd()
     fd_noise = fd(lambda x: torch.rand_like(x) * 2 - 1)
-    fd_blur = [fd(blur(s)) for s in (0.5, 1.0, 2.0)]
+    fd_blur = [fd(blur(s)) for s in (0.7, 1.2, 2.0)]
     fd_shift = fd(lambda x: torch.roll(x, shifts=1, dims=1))  # colour channels rotated: hues move to other classes
     print(f"fd real {fd_real:.3f} noise {fd_noise:.3f} blur {fd_blur} colour shift {fd_shift:.3f}")
     assert fd_noise > 20 * fd_real
     assert fd_shift > 20 * fd_real
-    assert fd_blur[0] > 2 * fd_real
+    assert fd_blur[0] > 3 * fd_real
     assert fd_blur[0] < fd_blur[1] < fd_blur[2]
 
 
 def test_fd_of_generator_deterministic_and_nan(shapes_data: ImageDataset, trained: dict, tmp_path: Path) -> None:
     extractor = trained["extractor"]
-    ref = reference_stats(extractor, shapes_data, tmp_path)
+    ref = reference_stats(extractor, ImageDataset(shapes_data.images[:500], shapes_data.labels[:500], 10, "sub"), tmp_path)
     seen: list[int] = []
 
     def generate(labels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,142 @@
+"""The diffusion-transformer baseline trial (`model.family: dit`): DiT/SiT at a GAT's sizes.
+
+Same data (pixels or latents), metric, sample grids, checkpoints, EMA and compute columns as the
+GAN trials (`gat_core.trial.TrialBase`); only the network, the objective and sampling differ.
+
+Optimiser: AdamW without weight decay, lr from `train.lr` with the same `lr_rule` as GAT (the
+width rule scales by lr_base_width / model.width), betas from `train.beta1`/`train.beta2`.  The
+GAN defaults (beta1 = 0) are not DiT's: DiT and SiT use AdamW(lr 1e-4, betas (0.9, 0.999),
+weight decay 0), so a DiT study should set `train.beta1: 0.9` (and `beta2: 0.999`).
+
+Compute: `self.cost` is `gat_core.flops.dit_trial_cost` (forward + backward MACs per sample,
+exactly the passes `iteration()` runs); sampling costs NFE x forward per image, x 2 with
+classifier-free guidance (`sampling_macs`), reported as `sample_gflops*` by the evaluations.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from gat_core.config import TrialConfig
+from gat_core.flops import TrialCost, dit_forward_macs, dit_trial_cost, sampling_macs
+from gat_core.models.dit import DiTDenoiser, drop_labels
+from gat_core.objectives.diffusion import ddpm_scheduler, diffusion_loss, sample
+from gat_core.trial import TrialBase, ema_update
+
+EVAL_NOISE_SEED = 4321  # every evaluation (and every NFE) starts from the same noise
+
+
+def build_denoiser(cfg: TrialConfig, num_classes: int) -> DiTDenoiser:
+    """The DiT of the trial: the model config's width, depth, heads and patch size, on the trial's data shape."""
+    m, d = cfg.model, cfg.dataset
+    return DiTDenoiser(channels=d.model_channels, resolution=d.model_resolution, patch_size=m.patch_size,
+                       width=m.width, depth=m.depth, heads=m.heads, num_classes=num_classes)
+
+
+def diffusion_learning_rate(cfg: TrialConfig) -> float:
+    t = cfg.train
+    return t.lr if t.lr_rule == "constant" else t.lr * t.lr_base_width / cfg.model.width
+
+
+class DiffusionTrainer(TrialBase):
+    """The DiT trial: denoiser, its EMA, AdamW; `iteration()` is one diffusion training step."""
+
+    def __init__(self, cfg: TrialConfig, workdir: Path, cache_dir: Path | None = None) -> None:
+        super().__init__(cfg, workdir, cache_dir)
+        t, self.diff = cfg.train, cfg.train.diffusion
+        num_classes = self.dataset.num_classes
+        self.cost: TrialCost = dit_trial_cost(cfg, num_classes)
+        self.total_steps = self.cost.steps
+
+        self.model = build_denoiser(cfg, num_classes).to(self.device)
+        if t.grad_checkpoint:
+            self.model.enable_grad_checkpoint()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if t.compile:
+            for block in self.model.net.transformer_blocks:
+                block.compile()
+        self.lr = diffusion_learning_rate(cfg)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, betas=(t.beta1, t.beta2), eps=1e-8,
+                                     weight_decay=0.0)
+        self.scheduler = ddpm_scheduler(self.diff.num_train_timesteps)
+        self.forward_macs = dit_forward_macs(self.model.channels, self.model.resolution, self.model.patch_size,
+                                             self.model.width, self.model.depth)
+        self.step = 0
+
+    # --- the method -------------------------------------------------------------------------
+    def iteration(self) -> dict[str, torch.Tensor]:
+        """One forward + backward of the denoiser on a noised batch (labels dropped to null at class_dropout), then EMA."""
+        x0, labels = self.sampler.next()
+        labels = drop_labels(labels, self.diff.class_dropout, self.model.null_label)
+        self.model.train()
+        with self.autocast():
+            loss = diffusion_loss(self.model, x0, labels, self.diff.objective, self.diff.num_train_timesteps,
+                                  self.scheduler)
+        self.optimise(self.opt, self.model, loss)
+        ema_update(self.ema, self.model, self.ema_decay())
+        self.step += 1
+        return {"loss_diffusion": loss.detach()}
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"lr": self.opt.param_groups[0]["lr"]}
+
+    # --- sampling and evaluation ----------------------------------------------------------------
+    def sample_gflops(self, nfe: int) -> float:
+        """Sampling GMACs per image at `nfe` steps (x 2 with guidance)."""
+        return sampling_macs(self.forward_macs, nfe, self.diff.guidance) / 1e9
+
+    def sample(self, labels: torch.Tensor, nfe: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """EMA-model samples in the training space after `nfe` steps of the configured sampler.
+
+        In pixel space (data in [-1, 1]) the ddim/ddpm samplers clip the predicted clean image, as
+        ADM does for pixel models; in latent space nothing is clipped (DiT).
+        """
+        return sample(self.ema, labels, nfe, self.diff.objective, self.diff.sampler, self.diff.guidance, generator,
+                      self.diff.num_train_timesteps, clip_sample=self.latent is None)
+
+    def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`train.diffusion.sample_steps` NFE of the EMA model."""
+        return self.sample(labels, self.diff.sample_steps, generator)
+
+    def quality_at(self, num_samples: int, nfe: int) -> float:
+        """The metric at `nfe` sampling steps; the same labels (metric seed) and noise at every NFE."""
+        noise = torch.Generator().manual_seed(EVAL_NOISE_SEED)
+        return self.quality(num_samples, lambda labels: self.sample(labels, nfe, noise))
+
+    @torch.no_grad()
+    def evaluate(self, num_samples: int) -> dict[str, float]:
+        """The metric at `sample_steps` NFE and what sampling one image costs."""
+        nfe = self.diff.sample_steps
+        return {self.cfg.eval.metric: self.quality_at(num_samples, nfe), "eval_samples": float(num_samples),
+                "sample_gflops": self.sample_gflops(nfe), "sample_nfe": float(nfe)}
+
+    @torch.no_grad()
+    def final_evaluate(self, num_samples: int) -> dict[str, float]:
+        """`evaluate` plus `{metric}_nfe{k}` and `sample_gflops_nfe{k}` for every k in `eval_nfe`."""
+        metric, main = self.cfg.eval.metric, self.diff.sample_steps
+        out = self.evaluate(num_samples)
+        for k in self.diff.eval_nfe:
+            out[f"{metric}_nfe{k}"] = out[metric] if k == main else self.quality_at(num_samples, k)
+            out[f"sample_gflops_nfe{k}"] = self.sample_gflops(k)
+        return out
+
+    # --- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "config": self.cfg.model_dump_json(), "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "sampler": self.sampler.state_dict(),
+                **self.rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["opt"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.load_rng_state(state)
+        self.step = int(state["step"])
+
+    def model_state(self) -> dict:
+        """The EMA denoiser and how to sample it (objective, sampler, steps, guidance)."""
+        return {"ema": self.ema.state_dict(), "family": "dit", "diffusion": self.diff.model_dump()}
