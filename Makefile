@@ -19,6 +19,7 @@ setup: $(STAMP)
 
 quickstart: setup
 	$(VENV)/bin/gat-study run studies/quickstart.yaml
+	$(VENV)/bin/gat-study analyze studies/quickstart.yaml
 
 test: setup
 	$(PY) -m pytest -q

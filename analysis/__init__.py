@@ -1,1 +1,14 @@
-"""Analysis of finished studies from MLflow (pandas, scipy, matplotlib; never torch)."""
+"""Analysis of finished studies from MLflow (pandas, scipy, matplotlib; never torch).
+
+One job per module:
+
+* `load`      MLflow child runs of a study -> `StudyData` (tidy trials frame + metric histories)
+* `select`    which metric, which direction, which trials a fit may use (and why the others not)
+* `fit`       pure and saturating power laws, bootstrap CIs, goodness of fit, extrapolation check
+* `scaling`   the set of fits a study gets (per variant, overall / per patch / per model size)
+* `frontier`  the compute-efficient frontier from the per-step training curves
+* `ablation`  switch detection, baselines, mean ± std tables in Markdown, LaTeX and CSV
+* `plots`     publication-style figures (PNG + PDF)
+* `report`    fits.json, tables, plots and report.md, logged on the study's parent run
+* `synthetic` studies with a known answer, logged by the run contract (tests, demos)
+"""

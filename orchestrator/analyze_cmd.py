@@ -41,7 +41,7 @@ def run_analysis(study: str, tracking_uri: str, out_dir: Path, metric: str | Non
     from analysis.load import load_studies
     from analysis.report import write_report
 
-    data = load_studies(tracking_uri, study)
+    data = load_studies(tracking_uri, study, extra_keys=[metric] if metric else [])
     return write_report(data, Path(out_dir), metric, include_failed=include_failed, n_boot=n_boot, seed=seed,
                         log_artifacts=log_artifacts)
 

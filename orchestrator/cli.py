@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-images", action="store_true", help="do not keep the source images (no pixel metrics, no VFM)")
     p.set_defaults(func=cmd_encode)
 
+    from orchestrator.analyze_cmd import add_analyze_parser
+
+    add_analyze_parser(sub)
+
     p = sub.add_parser("status", help="where a study stands, from MLflow")
     _add_study_args(p)
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")

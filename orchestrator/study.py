@@ -67,10 +67,16 @@ class StudyConfig(StrictModel):
     @classmethod
     def _grid_keys(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for key, values in grid.items():
-            if key.split(".")[0] not in TRIAL_SECTIONS:
-                raise ValueError(f"grid.{key}: can only sweep keys under {', '.join(TRIAL_SECTIONS)}")
             if not values:
                 raise ValueError(f"grid.{key}: empty list of values")
+            if key.split(".")[0] in TRIAL_SECTIONS:
+                continue
+            # a named set of linked values: each entry maps dotted keys to values, e.g. a family with its optimiser
+            linked = all(isinstance(v, dict) and v and all(str(k).split(".")[0] in TRIAL_SECTIONS for k in v)
+                         for v in values)
+            if not linked:
+                raise ValueError(f"grid.{key}: can only sweep keys under {', '.join(TRIAL_SECTIONS)}, or list "
+                                 "mappings of such dotted keys that change together")
         return grid
 
     @property
@@ -207,9 +213,13 @@ def _slug(swept: dict[str, Any]) -> str:
         return "base"
     parts = []
     for key, value in swept.items():
-        leaf = key.split(".")[-1]
-        text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
-        parts.append(f"{leaf}={text}")
+        if isinstance(value, dict) and key.split(".")[0] not in TRIAL_SECTIONS:  # linked set: its first value names it
+            parts.append(f"{key}={next(iter(value.values()))}")
+        elif isinstance(value, dict):
+            parts += [f"{str(k).split('.')[-1]}={v}" for k, v in value.items()]
+        else:
+            text = json.dumps(value) if isinstance(value, list) else str(value)
+            parts.append(f"{key.split('.')[-1]}={text}")
     return re.sub(r"[^A-Za-z0-9=_.,/-]+", "", ",".join(parts))[:120]
 
 
@@ -238,7 +248,11 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     for index, point in enumerate(expand_grid(config.grid)):
         tree = copy.deepcopy(base)
         for key, value in point.items():
-            set_dotted(tree, key, value)
+            if key.split(".")[0] in TRIAL_SECTIONS:
+                set_dotted(tree, key, value)
+            else:  # linked values
+                for linked_key, linked_value in value.items():
+                    set_dotted(tree, linked_key, linked_value)
         try:
             trial_cfg = TrialConfig.model_validate(tree)
         except ValidationError as exc:

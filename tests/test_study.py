@@ -170,3 +170,13 @@ def test_shipped_studies_are_valid():
     assert files
     for path in files:
         assert load_study(path).trials
+
+
+def test_linked_grid_values_change_together(tmp_path):
+    families = [{"model.family": "gat", "train.beta1": 0.0}, {"model.family": "dit", "train.beta1": 0.9}]
+    path = write(tmp_path, {**BASE, "grid": {"family": families, "model.width": [32, 64]}})
+    trials = load_study(path).trials
+    assert [(t.config.model.family, t.config.train.beta1, t.config.model.width) for t in trials] == [
+        ("gat", 0.0, 32), ("gat", 0.0, 64), ("dit", 0.9, 32), ("dit", 0.9, 64)]
+    lines = problems(write(tmp_path, {**BASE, "grid": {"family": [{"optim.beta1": 0.9}]}}, "bad.yaml"))
+    assert any("grid.family: can only sweep" in line for line in lines), lines

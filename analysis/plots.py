@@ -1,0 +1,276 @@
+"""Publication-style figures, each saved as PNG and PDF.
+
+One colour per model size (ordered small to large along viridis) and one marker per patch
+size, the same in every figure of a report.  Figures are built on `matplotlib.figure.Figure`
+inside an `rc_context`, so nothing here touches pyplot's global state or the caller's rc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from analysis.ablation import AblationTable, fmt_value
+from analysis.fit import Fit
+
+PAPER_RC: dict[str, Any] = {
+    "font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8, "legend.fontsize": 6.5, "xtick.labelsize": 7,
+    "ytick.labelsize": 7, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+    "grid.alpha": 0.3, "grid.linewidth": 0.5, "lines.linewidth": 1.2, "lines.markersize": 4,
+    "legend.frameon": False, "savefig.dpi": 200, "savefig.bbox": "tight", "pdf.fonttype": 42, "ps.fonttype": 42,
+}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")
+SETTING_SHADES = ("0.25", "0.55", "0.8", "0.4", "0.7", "0.15")
+SETTING_HATCHES = ("", "//", "..", "xx", "\\\\", "--")
+AXIS_LABELS = {
+    "gflops_g": "inference compute of G (GFLOPs per image; 1 MAC = 1 FLOP, DiT convention)",
+    "params_g": "parameters of G",
+    "train_flops": "training compute (MACs, DiT convention)",
+    "step": "training step",
+}
+
+
+@dataclass(frozen=True)
+class Style:
+    """Colours per model size and markers per patch size, fixed for a whole report."""
+
+    size_colors: dict[str, tuple[float, ...]]
+    patch_markers: dict[str, str]
+
+    def color(self, size: Any) -> tuple[float, ...]:
+        return self.size_colors.get(str(size), (0.5, 0.5, 0.5, 1.0))
+
+    def marker(self, patch: Any) -> str:
+        return self.patch_markers.get(fmt_value(patch), "o")
+
+    def legend_handles(self, sizes: Sequence[Any] | None = None, patches: Sequence[Any] | None = None) -> list[Line2D]:
+        wanted_sizes = None if sizes is None else {str(s) for s in sizes}
+        wanted_patches = None if patches is None else {fmt_value(p) for p in patches}
+        sizes = [s for s in self.size_colors if wanted_sizes is None or s in wanted_sizes]
+        patches = [p for p in self.patch_markers if wanted_patches is None or p in wanted_patches]
+        handles = [Line2D([], [], color=self.color(s), marker="o", linestyle="-", label=s) for s in sizes]
+        if len(patches) > 1 or (patches and patches[0] != "—"):
+            handles += [Line2D([], [], color="0.3", marker=self.marker(p), linestyle="", label=f"patch {p}")
+                        for p in patches]
+        return handles
+
+
+def make_style(trials: pd.DataFrame) -> Style:
+    """Sizes in order of parameter count get viridis shades; patch sizes get markers in order."""
+    order = trials.sort_values("size_rank", kind="stable")["size"].astype(str) if "size_rank" in trials \
+        else trials["size"].astype(str)
+    sizes = list(dict.fromkeys(order))
+    cmap = matplotlib.colormaps["viridis"]
+    shades = np.linspace(0.0, 0.85, len(sizes)) if len(sizes) > 1 else [0.35]
+    patches = sorted({fmt_value(p) for p in trials["patch"]}, key=lambda p: (len(p), p))
+    return Style(size_colors={s: tuple(cmap(v)) for s, v in zip(sizes, shades)},
+                 patch_markers={p: MARKERS[i % len(MARKERS)] for i, p in enumerate(patches)})
+
+
+def axis_label(name: str) -> str:
+    return AXIS_LABELS.get(name, name)
+
+
+def save(fig: Figure, stem: Path) -> list[Path]:
+    """`stem`.png and `stem`.pdf."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for path in paths:
+        fig.savefig(path)
+    return paths
+
+
+def _log_axis(axis: Any) -> None:
+    """Log scale with plain tick labels (20, 50, 100 rather than 2x10^1) at 1-2-5 steps."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _log_y_ok(values: pd.Series | np.ndarray) -> bool:
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    return len(v) > 0 and bool((v > 0).all())
+
+
+def plot_scaling(points: pd.DataFrame, x: str, metric: str, fits: Sequence[Fit], style: Style, stem: Path,
+                 band_fits: Sequence[Fit] = (), title: str | None = None) -> list[Path]:
+    """Metric against a compute axis, one point per trial, each fit as a line, CI bands for `band_fits`."""
+    with matplotlib.rc_context(PAPER_RC):
+        fig = Figure(figsize=(3.6, 2.8), layout="constrained")
+        ax = fig.add_subplot()
+        for (size, patch), group in points.groupby([points["size"].astype(str), points["patch"].map(fmt_value)]):
+            ax.scatter(group[x], group["metric_value"], color=style.color(size), marker=style.marker(patch),
+                       s=18, zorder=3, edgecolors="white", linewidths=0.4)
+        dashes = ("-", "--", ":", "-.")
+        for i, fit in enumerate(fits):
+            grid = np.geomspace(fit.x_range[0] / 1.3, fit.x_range[1] * 1.3, 200)
+            label = _fit_label(fit)
+            ax.plot(grid, fit.predict(grid), color="black" if i == 0 else f"{0.15 + 0.12 * i:.2f}",
+                    linestyle=dashes[i % len(dashes)], linewidth=1.0, label=label, zorder=2)
+            if fit in band_fits:
+                band = fit.band(grid)
+                ax.fill_between(grid, *band, color="0.6", alpha=0.25, linewidth=0, zorder=1)
+        ax.set_xscale("log")
+        if _log_y_ok(points["metric_value"]):
+            ax.set_yscale("log")
+            _log_axis(ax.yaxis)
+        ax.set_xlabel(axis_label(x))
+        ax.set_ylabel(metric)
+        if title:
+            ax.set_title(title)
+        ax.legend(handles=style.legend_handles(points["size"], points["patch"]), loc="lower left")
+        fit_handles, _ = ax.get_legend_handles_labels()
+        if fit_handles:
+            fig.legend(handles=fit_handles, loc="outside lower center", ncol=1)
+        return save(fig, stem)
+
+
+def _fit_label(fit: Fit) -> str:
+    b, (b_lo, b_hi) = fit.params["b"], fit.ci["b"]
+    head = f"{fit.group}: " if fit.group != "all" else ""
+    if fit.kind == "power":
+        return f"{head}a·x^-b, b={b:.3f} [{b_lo:.3f}, {b_hi:.3f}], R²={fit.r2_log:.3f}"
+    return f"{head}E+a·x^-b, E={fit.params['E']:.3g}, b={b:.3f} [{b_lo:.3f}, {b_hi:.3f}]"
+
+
+def plot_compute_curves(points: pd.DataFrame, frontier: pd.DataFrame, metric: str, style: Style, stem: Path,
+                        lower_is_better: bool = True) -> list[Path]:
+    """Metric against training compute, one curve per trial, and the compute-efficient frontier."""
+    with matplotlib.rc_context(PAPER_RC):
+        fig = Figure(figsize=(3.8, 2.9), layout="constrained")
+        ax = fig.add_subplot()
+        pts = points[points["train_flops"] > 0]
+        for _, run in pts.groupby("run_id", sort=False):
+            run = run.sort_values("train_flops")
+            first = run.iloc[0]
+            ax.plot(run["train_flops"], run["value"], color=style.color(first["size"]), linewidth=0.8, alpha=0.8)
+            ax.scatter(run["train_flops"].iloc[-1:], run["value"].iloc[-1:], color=style.color(first["size"]),
+                       marker=style.marker(first["patch"]), s=14, zorder=3)
+        if not frontier.empty:
+            xs = list(frontier["train_flops"]) + [pts["train_flops"].max()]
+            ys = list(frontier["value"]) + [frontier["value"].iloc[-1]]
+            ax.step(xs, ys, where="post", color="black", linewidth=1.4, label="compute-efficient frontier", zorder=4)
+        ax.set_xscale("log")
+        if _log_y_ok(pts["value"]):
+            ax.set_yscale("log")
+            _log_axis(ax.yaxis)
+        ax.set_xlabel(axis_label("train_flops"))
+        ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)")
+        extra, _ = ax.get_legend_handles_labels()
+        fig.legend(handles=style.legend_handles(pts["size"], pts["patch"]) + extra, loc="outside lower center",
+                   ncol=4)
+        return save(fig, stem)
+
+
+def plot_ablation(table: AblationTable, style: Style, stem: Path) -> list[Path]:
+    """Grouped bars (mean ± std) per context, one bar per setting; tick labels in the size colour."""
+    with matplotlib.rc_context(PAPER_RC):
+        fig = Figure(figsize=(max(3.0, 0.9 * len(table.contexts) + 1.2), 2.6), layout="constrained")
+        ax = fig.add_subplot()
+        width = 0.8 / len(table.values)
+        xs = np.arange(len(table.contexts))
+        for i, value in enumerate(table.values):
+            cells = [table.cell(value, c) for c in table.contexts]
+            means = [c["mean"] if c is not None else np.nan for c in cells]
+            stds = [c["std"] if c is not None and np.isfinite(c["std"]) else 0.0 for c in cells]
+            label = f"{value} (baseline)" if value == table.baseline else value
+            ax.bar(xs + (i - (len(table.values) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+                   color=SETTING_SHADES[i % len(SETTING_SHADES)], hatch=SETTING_HATCHES[i % len(SETTING_HATCHES)],
+                   edgecolor="black", linewidth=0.5, error_kw={"linewidth": 0.7}, label=label)
+        ax.set_xticks(xs, table.contexts, rotation=20 if len(table.contexts) > 4 else 0)
+        for tick, ctx in zip(ax.get_xticklabels(), table.contexts):
+            tick.set_color(style.color(table.context_sizes.get(ctx, "")))
+        ax.set_ylabel(table.metric)
+        ax.grid(axis="x", visible=False)
+        fig.legend(title=table.switch, loc="outside right upper")
+        return save(fig, stem)
+
+
+def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, keys: Sequence[str], style: Style,
+                         stem: Path) -> list[Path] | None:
+    """One panel per metric key (against step), one line per trial; None if no key was logged."""
+    keys = [k for k in keys if (history["key"] == k).any()]
+    if not keys:
+        return None
+    labels = trials.set_index("run_id")
+    with matplotlib.rc_context(PAPER_RC):
+        fig = Figure(figsize=(2.5 * len(keys) + 0.4, 2.4), layout="constrained")
+        axes = fig.subplots(1, len(keys), squeeze=False)[0]
+        for ax, key in zip(axes, keys):
+            rows = history[(history["key"] == key) & history["run_id"].isin(labels.index)]
+            for run_id, run in rows.groupby("run_id", sort=False):
+                run = run.sort_values("step")
+                info = labels.loc[run_id]
+                ax.plot(run["step"], run["value"], color=style.color(info["size"]), linewidth=0.8, alpha=0.85,
+                        marker=style.marker(info["patch"]) if len(run) <= 30 else None, markersize=2.5)
+            if key.startswith(("fd", "fid", "kid")) and _log_y_ok(rows["value"]):
+                ax.set_yscale("log")
+                _log_axis(ax.yaxis)
+            ax.set_xlabel(axis_label("step"))
+            ax.set_title(key)
+        fig.legend(handles=style.legend_handles(trials["size"], trials["patch"]), loc="outside right upper")
+        return save(fig, stem)
+
+
+def block_util_keys(trials: pd.DataFrame) -> list[str]:
+    keys = [k for k in trials.columns if k.startswith("block_util_") and k[11:].isdigit() and trials[k].notna().any()]
+    return sorted(keys, key=lambda k: int(k[11:]))
+
+
+def plot_block_util(trials: pd.DataFrame, style: Style, stem: Path, switch: str = "train.mng") -> list[Path] | None:
+    """Final per-block utilisation of G per model size, solid with MNG and dashed without; None if not logged."""
+    keys = block_util_keys(trials)
+    if not keys:
+        return None
+    cols = ["run_id", "size", "size_rank", *([switch] if switch in trials else [])]
+    last = trials[cols + keys].melt(id_vars=cols, value_vars=keys, var_name="key").dropna(subset=["value"])
+    last = last.assign(block=last["key"].str[11:].astype(int))
+    mng = last[switch].map(fmt_value) if switch in last else pd.Series("—", index=last.index)
+    last = last.assign(_mng=np.where(mng.isin(["off", "False", "—"]), "off" if switch in last else "—", "on"))
+    with matplotlib.rc_context(PAPER_RC):
+        fig = Figure(figsize=(3.6, 2.6), layout="constrained")
+        ax = fig.add_subplot()
+        for (rank, mng_on), group in last.groupby(["size_rank", "_mng"], sort=True):
+            curve = group.groupby("block")["value"].agg(["mean", "std"])
+            size = group["size"].iloc[0]
+            ax.errorbar(curve.index, curve["mean"], yerr=curve["std"].fillna(0), color=style.color(size),
+                        linestyle="--" if mng_on == "off" else "-", marker="o", markersize=3, capsize=2,
+                        linewidth=1.0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("block of G")
+        ax.set_ylabel("block utilisation (relative output change)")
+        handles = style.legend_handles(last["size"], [])
+        if (last["_mng"] != "—").any():
+            handles += [Line2D([], [], color="0.3", linestyle="-", label="MNG on"),
+                        Line2D([], [], color="0.3", linestyle="--", label="MNG off")]
+        fig.legend(handles=handles, loc="outside right upper")
+        return save(fig, stem)
+
+
+def sample_collage(entries: Sequence[tuple[str, str, Path]], style: Style, stem: Path, ncols: int | None = None) -> list[Path] | None:
+    """Sample grids (label, size, png path) side by side in the given order; None without images."""
+    from matplotlib import image as mpimg
+
+    entries = [e for e in entries if Path(e[2]).exists()]
+    if not entries:
+        return None
+    ncols = ncols or min(len(entries), 6)
+    nrows = -(-len(entries) // ncols)
+    with matplotlib.rc_context({**PAPER_RC, "axes.grid": False}):
+        fig = Figure(figsize=(1.45 * ncols, 1.6 * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax in axes:
+            ax.set_axis_off()
+        for ax, (label, size, path) in zip(axes, entries):
+            ax.imshow(mpimg.imread(str(path)), interpolation="nearest")
+            ax.set_title(label, fontsize=5.5, color=style.color(size))
+        return save(fig, stem)

@@ -1,0 +1,301 @@
+"""Turn a loaded study into the files of a scaling paper: fits.json, tables, figures, report.md.
+
+Everything is written under one folder and then logged, unchanged, on the study's parent
+run under `analysis/`, so the numbers in a paper can be traced back to the runs.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.ablation import AblationTable, ablation_table, baseline_value, detect_switches, fmt_num, fmt_value
+from analysis.fit import Fit, json_safe
+from analysis.frontier import compute_frontier, eval_points, frontier_segments
+from analysis.load import StudyData, open_client, quiet_artifacts
+from analysis.plots import (axis_label, make_style, plot_ablation, plot_block_util,
+                            plot_compute_curves, plot_scaling, plot_training_curves, sample_collage)
+from analysis.scaling import X_AXES, ScalingFits, scaling_fits
+from analysis.select import Selection, primary_metric, select_trials
+
+FLOP_CONVENTION = "MAC (DiT): 1 multiply-accumulate = 1 FLOP; gflops_g per image forward, train_flops cumulative"
+TRAINING_PANELS = ("loss_d", "loss_g")  # next to the metric in the training-curve figure
+
+
+@dataclass
+class Report:
+    """What `write_report` produced; `path` is report.md."""
+
+    path: Path
+    metric: str
+    selection: Selection
+    scaling: ScalingFits
+    ablations: dict[str, AblationTable]
+    frontier: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    logged_to: list[str] = field(default_factory=list)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text).strip("_")
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "_none_\n"
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(_md_cell(row[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _md_cell(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        return fmt_num(float(value))
+    return fmt_value(value).replace("|", "\\|")
+
+
+def fits_frame(fits: list[Fit]) -> pd.DataFrame:
+    """One flat row per fit: the summary table of report.md and fits.csv."""
+    rows = []
+    for f in fits:
+        ext = f.extrapolation or {}
+        row = {"group": f.group, "x": f.x, "law": "a·x^-b" if f.kind == "power" else "E+a·x^-b", "n": f.n}
+        for name in ("E", "a", "b"):
+            if name in f.params:
+                lo, hi = f.ci[name]
+                row[name] = f.params[name]
+                row[f"{name}_ci95"] = f"[{fmt_num(lo)}, {fmt_num(hi)}]"
+        row.update({"R2_log": f.r2_log, "pearson_log_r": f.correlation.get("pearson_log_r"),
+                    "spearman_rho": f.correlation.get("spearman_rho"),
+                    "extrap_abs_rel_err": ext.get("mean_abs_rel_error", np.nan)})
+        rows.append(row)
+    cols = ["group", "x", "law", "n", "E", "E_ci95", "a", "a_ci95", "b", "b_ci95", "R2_log", "pearson_log_r",
+            "spearman_rho", "extrap_abs_rel_err"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _sample_entries(data: StudyData, trials: pd.DataFrame, folder: Path, switches: list[str]) -> list[tuple[str, str, Path]]:
+    """Download each trial's samples/final.png; (label, size, local path) in size order."""
+    client = open_client(data.tracking_uri)
+    entries = []
+    for _, row in trials.sort_values(["size_rank", "patch", *switches], kind="stable").iterrows():
+        try:
+            names = [a.path for a in client.list_artifacts(row["run_id"], "samples")]
+            if "samples/final.png" not in names:
+                continue
+            local = client.download_artifacts(row["run_id"], "samples/final.png", str(folder / row["run_id"]))
+        except Exception:  # unreachable artifact store: the collage just lacks this trial
+            continue
+        parts = [str(row["size"])]
+        if pd.notna(row.get("patch")):
+            parts[0] += f"/{fmt_value(row['patch'])}"
+        parts += [f"{s.rsplit('.', 1)[-1]}={fmt_value(row[s])}" for s in switches]
+        if "train.seed" in row and trials["train.seed"].nunique() > 1:
+            parts.append(f"seed {fmt_value(row['train.seed'])}")
+        if row["status"] != "completed":
+            parts.append(f"[{row['status']}]")
+        entries.append((" ".join(parts), str(row["size"]), Path(local)))
+    return entries
+
+
+def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, include_failed: bool = False,
+                 n_boot: int = 1000, seed: int = 0, holdout: float = 0.2, log_artifacts: bool = True) -> Report:
+    """Fits, tables, plots and report.md for the studies in `data`, written to `out_dir`.
+
+    Raises AnalysisError (from metric choice and trial selection) for the cases where no
+    analysis is possible; everything that can be skipped (a family too small to fit,
+    block utilisation not logged, no sample grids) is skipped with a note instead.
+    """
+    out_dir = Path(out_dir)
+    tables, plots = out_dir / "tables", out_dir / "plots"
+    tables.mkdir(parents=True, exist_ok=True)
+    plots.mkdir(parents=True, exist_ok=True)
+    metric = primary_metric(data, metric)
+    sel = select_trials(data, metric, include_failed=include_failed)
+    usable = sel.usable
+    switches = detect_switches(usable)
+    style = make_style(data.trials)
+    notes: list[str] = []
+    files: list[Path] = []
+
+    scaling = scaling_fits(usable, metric, switches, lower_is_better=sel.lower_is_better, n_boot=n_boot, seed=seed,
+                           holdout=holdout)
+    if not scaling.fits:
+        notes.append("no scaling fit was possible: a power law needs at least 3 trials at 2 different compute values")
+
+    points = eval_points(data.history, usable, metric, labels=switches)
+    frontier = compute_frontier(points, lower_is_better=sel.lower_is_better)
+    segments = frontier_segments(frontier, labels=switches)
+
+    base = data.base_configs.get(data.studies[0], {}) if len(data.studies) == 1 else {}
+    ablations = {}
+    for switch in switches:
+        ablations[switch] = ablation_table(usable, switch, "metric_value", metric_name=metric,
+                                           lower_is_better=sel.lower_is_better,
+                                           baseline=baseline_value(usable, switch, base), other_switches=switches)
+
+    # --- tables ---
+    keep = [c for c in ["study", "run_name", "trial_id", "run_id", "status", "reason", "final_step", "size", "patch",
+                        *switches, "train.seed", "gflops_g", "params_g", "train_flops", metric]
+            if c in data.trials]
+    data.trials[keep].to_csv(tables / "trials.csv", index=False)
+    sel.excluded.to_csv(tables / "excluded.csv", index=False)
+    fits_frame(scaling.fits).to_csv(tables / "fits.csv", index=False)
+    frontier.to_csv(tables / "frontier.csv", index=False)
+    segments.to_csv(tables / "frontier_segments.csv", index=False)
+    files += [tables / n for n in ("trials.csv", "excluded.csv", "fits.csv", "frontier.csv", "frontier_segments.csv")]
+    for switch, table in ablations.items():
+        stem = tables / f"ablation_{_slug(switch)}"
+        stem.with_suffix(".md").write_text(table.to_markdown())
+        stem.with_suffix(".tex").write_text(table.to_latex())
+        table.to_csv(stem.with_suffix(".csv"))
+        files += [stem.with_suffix(s) for s in (".md", ".tex", ".csv")]
+
+    # --- plots ---
+    figures: dict[str, list[Path] | None] = {}
+    for x in X_AXES:
+        pts = usable.dropna(subset=[x])
+        if pts.empty:
+            notes.append(f"no trial has {x}: plot of {metric} against it skipped")
+            continue
+        main = [f for f in scaling.fits if f.x == x and "patch=" not in f.group and "size=" not in f.group]
+        figures[f"scaling_{x}"] = plot_scaling(pts, x, metric, main, style, plots / f"scaling_{x}",
+                                               band_fits=[f for f in main if f.kind == "power"])
+        by_patch = [f for f in scaling.fits if f.x == x and f.kind == "power" and "patch=" in f.group]
+        if by_patch:
+            figures[f"scaling_{x}_by_patch"] = plot_scaling(pts, x, metric, by_patch, style,
+                                                            plots / f"scaling_{x}_by_patch", band_fits=by_patch,
+                                                            title="power law per patch size")
+    if len(points):
+        figures["compute_frontier"] = plot_compute_curves(points, frontier, metric, style, plots / "compute_frontier",
+                                                          lower_is_better=sel.lower_is_better)
+    for switch, table in ablations.items():
+        figures[f"ablation_{_slug(switch)}"] = plot_ablation(table, style, plots / f"ablation_{_slug(switch)}")
+    figures["training_curves"] = plot_training_curves(data.history, usable, [metric, *TRAINING_PANELS], style,
+                                                      plots / "training_curves")
+    mng_switch = "train.mng" if "train.mng" in usable else next((s for s in switches if "mng" in s), "train.mng")
+    figures["block_util"] = plot_block_util(usable, style, plots / "block_util", switch=mng_switch)
+    if figures["block_util"] is None:
+        notes.append("no run logged block_util_<i>: the per-block utilisation plot of G is skipped")
+    with tempfile.TemporaryDirectory() as tmp, quiet_artifacts():
+        entries = _sample_entries(data, data.trials, Path(tmp), switches)
+        figures["samples"] = sample_collage(entries, style, plots / "samples")
+    if figures["samples"] is None:
+        notes.append("no run has a samples/final.png artifact: the sample collage is skipped")
+    files += [p for paths in figures.values() if paths for p in paths]
+
+    # --- fits.json and report.md ---
+    summary = {
+        "studies": data.studies, "tracking_uri": data.tracking_uri, "metric": metric,
+        "lower_is_better": sel.lower_is_better, "flops_convention": FLOP_CONVENTION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n_trials": len(data.trials), "n_used": len(usable),
+        "include_failed": include_failed, "bootstrap": {"resamples": n_boot, "seed": seed, "unit": "trial"},
+        "extrapolation_holdout": holdout, "switches": switches,
+        "excluded": json_safe(sel.excluded.to_dict(orient="records")),
+        "fits": [f.to_dict() for f in scaling.fits], "skipped_fits": scaling.skipped,
+        "frontier": json_safe(segments.to_dict(orient="records")),
+        "ablations": {s: {"baseline": t.baseline, "cells": json_safe(t.cells.to_dict(orient="records"))}
+                      for s, t in ablations.items()},
+        "notes": notes,
+    }
+    (out_dir / "fits.json").write_text(json.dumps(json_safe(summary), indent=2, default=str))
+    files.append(out_dir / "fits.json")
+    report_path = out_dir / "report.md"
+    report_path.write_text(_markdown(data, metric, sel, scaling, ablations, segments, figures, notes, switches,
+                                     n_boot, seed, out_dir))
+    files.append(report_path)
+
+    report = Report(path=report_path, metric=metric, selection=sel, scaling=scaling, ablations=ablations,
+                    frontier=frontier, files=files, notes=notes)
+    if log_artifacts:
+        _log(data, out_dir, report)
+    return report
+
+
+def _log(data: StudyData, out_dir: Path, report: Report) -> None:
+    """The files this report wrote (not older leftovers in `out_dir`) on each study's parent run, under analysis/."""
+    client = open_client(data.tracking_uri)
+    for study in data.studies:
+        parent = data.parents.get(study)
+        if parent is None:
+            report.notes.append(f"study {study} has no parent run: the analysis is not logged to MLflow")
+            continue
+        for path in report.files:
+            folder = path.parent.relative_to(out_dir).as_posix()
+            client.log_artifact(parent, str(path), artifact_path="analysis" if folder == "." else f"analysis/{folder}")
+        report.logged_to.append(parent)
+
+
+def _img(figures: dict[str, list[Path] | None], name: str, out_dir: Path, alt: str) -> str:
+    paths = figures.get(name)
+    if not paths:
+        return ""
+    png, pdf = (p.relative_to(out_dir).as_posix() for p in paths)
+    return f"![{alt}]({png})\n\n[PDF]({pdf})\n\n"
+
+
+def _markdown(data: StudyData, metric: str, sel: Selection, scaling: ScalingFits, ablations: dict[str, AblationTable],
+              segments: pd.DataFrame, figures: dict[str, list[Path] | None], notes: list[str], switches: list[str],
+              n_boot: int, seed: int, out_dir: Path) -> str:
+    direction = "lower" if sel.lower_is_better else "higher"
+    counts = data.trials["status"].value_counts()
+    md = [f"# Scaling analysis: {', '.join(data.studies)}\n",
+          f"- metric: **{metric}** ({direction} is better); final value = last evaluation of each trial",
+          f"- trials: {len(data.trials)} ({', '.join(f'{n} {s}' for s, n in counts.items())}); "
+          f"{len(sel.usable)} used in fits",
+          f"- compute convention: {FLOP_CONVENTION}",
+          f"- uncertainty: 95 % percentile intervals from {n_boot} bootstrap resamples of trials (seed {seed})",
+          f"- switches (ablations): {', '.join(switches) if switches else 'none'}",
+          f"- MLflow: `{data.tracking_uri}`\n"]
+    if len(sel.excluded):
+        md += ["## Excluded trials\n", _md_table(sel.excluded)]
+    md += ["## Scaling fits\n",
+           "Pure law `y = a·x^-b` (least squares in log–log space) and saturating law `y = E + a·x^-b` "
+           "(Huber loss on log residuals, L-BFGS from a grid of starts). R² is on log y; correlations are "
+           "Pearson on log–log values and Spearman on ranks; `extrap_abs_rel_err` is the mean relative error "
+           "on the largest-compute trials when the law is fitted without them.\n"]
+    frame = fits_frame(scaling.fits)
+    main = frame[~frame["group"].str.contains("patch=|size=", regex=True)] if len(frame) else frame
+    md.append(_md_table(main.drop(columns=[c for c in ("E", "E_ci95") if c in main and main[c].isna().all()])))
+    if len(frame) > len(main):
+        md.append(f"\nPer-family fits (patch size, model size): {len(frame) - len(main)} more in "
+                  f"[tables/fits.csv](tables/fits.csv) and [fits.json](fits.json).\n")
+    md.append("")
+    for x in X_AXES:
+        md.append(_img(figures, f"scaling_{x}", out_dir, f"{metric} vs {axis_label(x)}"))
+        md.append(_img(figures, f"scaling_{x}_by_patch", out_dir, f"{metric} vs {axis_label(x)}, per patch size"))
+    md += ["## Compute-efficient frontier\n",
+           "Best value reached at each training compute over all evaluations of all trials, and the "
+           "configuration that reaches it.\n",
+           _img(figures, "compute_frontier", out_dir, f"{metric} vs training compute"),
+           _md_table(segments.rename(columns={"from_flops": "from (MACs)", "to_flops": "to (MACs)"}))]
+    if ablations:
+        md.append("## Ablations\n")
+        for switch, table in ablations.items():
+            slug = _slug(switch)
+            md += [f"### {switch}\n", table.to_markdown(),
+                   f"\nLaTeX: [tables/ablation_{slug}.tex](tables/ablation_{slug}.tex) · "
+                   f"CSV: [tables/ablation_{slug}.csv](tables/ablation_{slug}.csv)\n",
+                   _img(figures, f"ablation_{slug}", out_dir, f"ablation of {switch}")]
+    md += ["## Training curves\n", _img(figures, "training_curves", out_dir, "training curves")]
+    md += ["## Block utilisation of G\n",
+           _img(figures, "block_util", out_dir, "per-block utilisation") or "_not logged by any run_\n\n"]
+    md += ["## Samples (final, EMA generator)\n",
+           _img(figures, "samples", out_dir, "final samples by model size") or "_no sample grids logged_\n\n"]
+    if notes or scaling.skipped:
+        md.append("## Notes\n")
+        md += [f"- {n}" for n in notes]
+        skipped = pd.DataFrame(scaling.skipped)
+        if len(skipped):
+            md += ["", f"{len(skipped)} fits were not made:", "", _md_table(skipped)]
+    return "\n".join(md) + "\n"
