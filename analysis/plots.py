@@ -89,8 +89,11 @@ def save(fig: Figure, stem: Path) -> list[Path]:
 
 
 def _log_axis(axis: Any) -> None:
-    """Log scale with plain tick labels (20, 50, 100 rather than 2x10^1) at 1-2-5 steps."""
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    """Log scale with plain tick labels (20, 50, 100 rather than 2x10^1): 1-2-5 steps over a few decades,
+    decades over a wide range (where a 1-2-5 locator would place no tick at all)."""
+    lo, hi = sorted(abs(v) for v in axis.get_view_interval())
+    wide = lo <= 0 or np.log10(hi / lo) > 3.5
+    axis.set_major_locator(LogLocator(base=10, numticks=10) if wide else LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
@@ -122,6 +125,9 @@ def plot_scaling(points: pd.DataFrame, x: str, metric: str, fits: Sequence[Fit],
         ax.set_xscale("log")
         if _log_y_ok(points["metric_value"]):
             ax.set_yscale("log")
+            values = points["metric_value"].to_numpy(float)
+            low, high = ax.get_ylim()  # keep a wide CI band from flattening the points
+            ax.set_ylim(max(low, np.nanmin(values) / 4), min(high, np.nanmax(values) * 4))
             _log_axis(ax.yaxis)
         ax.set_xlabel(axis_label(x))
         ax.set_ylabel(metric)

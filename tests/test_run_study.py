@@ -142,3 +142,23 @@ def test_interrupted_study_resumes_in_the_same_runs(tmp_path):
 
     status = subprocess.run(_cli("status", str(path)), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "1 completed" in status.stdout
+
+
+def test_gan_and_dit_trials_in_one_study(tmp_path, ray_session):
+    """Both families in one Ray study: the DiT trial is evaluated at several NFE, both carry compute columns."""
+    spec = tiny_study("mixed", tmp_path / "out")
+    spec["train"]["diffusion"] = {"sample_steps": 2, "eval_nfe": [1, 2, 4]}
+    spec["grid"] = {"family": [{"model.family": "gat"}, {"model.family": "dit", "train.beta1": 0.9}]}
+    study = load_study(write_study(tmp_path / "study.yaml", spec))
+    outcomes = run_study(study, quiet=True)
+    assert [o.status for o in outcomes] == ["completed", "completed"]
+    client = MlflowClient(study.config.tracking_uri)
+    runs = {r.data.params["model.family"]: r for r in children(client, "mixed")}
+    gat, dit = runs["gat"], runs["dit"]
+    for k in (1, 2, 4):
+        assert f"fd_classifier_nfe{k}" in dit.data.metrics
+        assert dit.data.metrics[f"sample_gflops_nfe{k}"] == pytest.approx(k * float(dit.data.params["gflops_g"]), rel=1e-6)
+    assert float(dit.data.params["sample_gflops"]) == pytest.approx(2 * float(dit.data.params["gflops_g"]), rel=1e-6)
+    assert float(gat.data.params["sample_gflops"]) == pytest.approx(float(gat.data.params["gflops_g"]))
+    assert float(dit.data.params["gflops_d"]) == 0 and float(gat.data.params["gflops_d"]) > 0
+    assert "loss_diffusion" in dit.data.metrics and "loss_d" in gat.data.metrics
