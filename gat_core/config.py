@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gat_core.models.registry import PRESETS, parse_preset
 
@@ -216,9 +216,20 @@ class TrainConfig(StrictModel):
 
 
 class EvalConfig(StrictModel):
-    """When and how samples are scored during training."""
+    """When and how samples are scored during training, and with which metrics.
 
-    metric: Literal["fd_classifier"] = Field("fd_classifier", description="Quality metric (named by its feature extractor).")
+    Metric names say their feature extractor (`gat_core.metrics.names`): `fid` is the Inception
+    Fréchet distance only; `fd_dinov2`, `fd_classifier`, `kid_<x>`, `precision_<x>`, `recall_<x>`,
+    `fid_inf`/`fd_inf_<x>` name theirs.  Values from different extractors are never comparable.
+    """
+
+    metric: str = Field(
+        "fd_classifier", description="Primary quality metric (every evaluation), named by its feature extractor: "
+        "fd_classifier (a classifier trained on the study data: no download), fid (Inception; needs "
+        "eval.inception_weights), fd_dinov2 (needs eval.dinov2_weights), or kid_/precision_/recall_<extractor>.")
+    extra_metrics: list[str] = Field(
+        default_factory=list, description="Metrics computed at the final evaluation only, on the same samples, e.g. "
+        "kid_classifier, precision_classifier, recall_classifier, fid, fid_inf.")
     interval: int = Field(100, ge=1, description="Steps between evaluations with the EMA generator.")
     num_samples: int = Field(1000, ge=2, description="Generated samples per in-training evaluation.")
     final_samples: int = Field(2000, ge=2, description="Generated samples of the final evaluation.")
@@ -226,6 +237,39 @@ class EvalConfig(StrictModel):
     grid_size: int = Field(8, ge=1, le=32, description="Sample grid is grid_size x grid_size images.")
     classifier_epochs: int = Field(8, ge=1, description="Epochs of the feature classifier trained on the dataset.")
     vae: Path | None = Field(None, description="VAE folder that decodes latent samples (default: the encoder's VAE).")
+    truncation: float = Field(
+        0.0, ge=0, le=1, description="Truncation psi of GAN samples in evaluations (0 = off; w moves this fraction toward "
+        "the class mean); logged as eval_truncation.")
+    inception_weights: Path | None = Field(
+        None, description="Local weights-inception-2015-12-05-6726825d.pth of torch-fidelity (default: "
+        "$GAT_STUDY_INCEPTION_WEIGHTS); needed by fid, kid_inception, ...")
+    dinov2_weights: Path | None = Field(
+        None, description="Local official DINOv2 ViT-*/14 checkpoint (default: $GAT_STUDY_DINOV2_WEIGHTS); needed by "
+        "fd_dinov2, ...")
+    reference_stats: Path | None = Field(
+        None, description="An .npz with `mu` and `sigma` (e.g. an ADM reference batch) used as the primary metric's "
+        "reference instead of statistics computed from the dataset; its reference images (`arr_0`), if any, serve "
+        "the per-sample metrics of the same extractor.")
+
+    @field_validator("metric")
+    @classmethod
+    def _check_metric(cls, value: str) -> str:
+        from gat_core.metrics.names import parse_metric  # torch-free
+
+        return parse_metric(value).name
+
+    @field_validator("extra_metrics")
+    @classmethod
+    def _check_extra(cls, value: list[str]) -> list[str]:
+        from gat_core.metrics.names import parse_metric
+
+        names = [parse_metric(v).name for v in value]
+        return list(dict.fromkeys(names))
+
+    @property
+    def final_metrics(self) -> list[str]:
+        """The primary metric, then the extra ones (the final evaluation's list)."""
+        return list(dict.fromkeys([self.metric, *self.extra_metrics]))
 
 
 class TrialConfig(StrictModel):

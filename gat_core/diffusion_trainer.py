@@ -125,17 +125,14 @@ class DiffusionTrainer(TrialBase):
 
     # --- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step, "config": self.cfg.model_dump_json(), "model": self.model.state_dict(),
-                "ema": self.ema.state_dict(), "opt": self.opt.state_dict(), "sampler": self.sampler.state_dict(),
-                **self.rng_state()}
+        return {**self.progress_state(), "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "opt": self.opt.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["opt"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.load_rng_state(state)
-        self.step = int(state["step"])
+        self.load_progress_state(state)
 
     def model_state(self) -> dict:
         """The EMA denoiser and how to sample it (objective, sampler, steps, guidance)."""

@@ -186,10 +186,9 @@ class Trainer(TrialBase):
     # --- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "step": self.step, "config": self.cfg.model_dump_json(),
+            **self.progress_state(),
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-            "sampler": self.sampler.state_dict(), **self.rng_state(),
             **({"repa_head": self.repa_head.state_dict()} if self.repa_head else {}),
         }
 
@@ -201,9 +200,7 @@ class Trainer(TrialBase):
         if self.repa_head is not None:
             self.repa_head.load_state_dict(state["repa_head"])
         self.opt_d.load_state_dict(state["opt_d"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.load_rng_state(state)
-        self.step = int(state["step"])
+        self.load_progress_state(state)
 
     def model_state(self) -> dict:
         return {"G_ema": self.G_ema.state_dict()}

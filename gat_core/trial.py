@@ -155,14 +155,18 @@ class TrialBase:
     def load_state_dict(self, state: dict) -> None:
         raise NotImplementedError
 
-    def rng_state(self) -> dict[str, torch.Tensor]:
-        return {"rng": torch.get_rng_state(),
+    def progress_state(self) -> dict:
+        """Where training stands, whatever the model: step, config, batch order and random state."""
+        return {"step": self.step, "config": self.cfg.model_dump_json(), "sampler": self.sampler.state_dict(),
+                "rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})}
 
-    def load_rng_state(self, state: dict) -> None:
+    def load_progress_state(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"])
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.step = int(state["step"])
 
     def save_checkpoint(self) -> Path:
         folder = self.workdir / "checkpoints"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +101,86 @@ class RunningStats:
             stats.n = n
             stats._scatter = sigma * (n - 1)
         return stats
+
+
+def file_digest(path: Path, length: int = 8) -> str:
+    """Short content hash of a file (cached per path, size and modification time)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, length)
+    if key not in _DIGESTS:
+        h = hashlib.blake2b(digest_size=length)
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+class ReferenceBatch:
+    """Reference statistics from an .npz: `mu` and `sigma` (and our `n`), optionally reference images.
+
+    Reads the project's own files and published ones alike, including the ADM evaluation suite's
+    reference batches (e.g. `VIRTUAL_imagenet256_labeled.npz`: `mu`/`sigma` of Inception pool_3
+    features, `mu_s`/`sigma_s` spatial features, and the reference images `arr_0` as uint8
+    [N, H, W, 3]).  Images are streamed from the archive batch by batch, never loaded at once,
+    for the metrics that need per-sample reference features (KID, precision/recall).
+    """
+
+    IMAGES = "arr_0"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"reference statistics: {self.path} not found")
+        try:
+            self.stats = RunningStats.load(self.path)
+            with np.load(self.path) as data:
+                files = set(data.files)
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"reference statistics: {self.path} is not an .npz with `mu` and `sigma` ({exc})") from None
+        self.image_shape: tuple[int, ...] | None = None
+        if self.IMAGES in files:
+            with zipfile.ZipFile(self.path) as zf, zf.open(f"{self.IMAGES}.npy") as f:
+                shape, _, dtype = _npy_header(f)
+            if len(shape) == 4 and shape[-1] in (1, 3) and dtype == np.uint8:
+                self.image_shape = tuple(int(s) for s in shape)
+
+    @property
+    def dim(self) -> int:
+        return self.stats.dim
+
+    @property
+    def num_images(self) -> int:
+        return self.image_shape[0] if self.image_shape else 0
+
+    def fingerprint(self) -> str:
+        return file_digest(self.path)
+
+    def image_batches(self, batch_size: int) -> Iterator[Tensor]:
+        """The reference images as uint8 [B, C, H, W] tensors, read from the archive batch by batch."""
+        import torch
+
+        if self.image_shape is None:
+            raise ValueError(f"reference statistics: {self.path} holds no uint8 reference images ({self.IMAGES})")
+        n, h, w, c = self.image_shape
+        per_image = h * w * c
+        with zipfile.ZipFile(self.path) as zf, zf.open(f"{self.IMAGES}.npy") as f:
+            _npy_header(f)
+            for start in range(0, n, batch_size):
+                count = min(batch_size, n - start)
+                raw = f.read(count * per_image)
+                arr = np.frombuffer(raw, dtype=np.uint8).reshape(count, h, w, c)
+                yield torch.from_numpy(arr.copy()).permute(0, 3, 1, 2).contiguous()
+
+
+def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(f)
+    if fortran:
+        raise ValueError("Fortran-ordered image arrays are not supported")
+    return shape, fortran, dtype

@@ -1,0 +1,82 @@
+"""Metric names: every name says its feature extractor (torch-free, so configs can validate them).
+
+Grammar (`parse_metric`):
+
+- `fid`: Fréchet distance in Inception-v3 pool_3 features (the FID papers report; Inception only);
+- `fd_<extractor>`: Fréchet distance in another extractor's features (`fd_dinov2`, `fd_classifier`);
+- `fid_inf`, `fd_inf_<extractor>`: FID∞ / FD∞ (Chong & Forsyth 2020), FD_N fitted over several N and
+  extrapolated to 1/N = 0;
+- `kid_<extractor>`: kernel distance (unbiased MMD², cubic polynomial kernel, averaged over subsets);
+- `precision_<extractor>`, `recall_<extractor>`: k-NN manifold precision and recall (Kynkäänniemi et al. 2019).
+
+Extractors: `inception` (TF-Inception port of torch-fidelity), `dinov2` (DINOv2 ViT-*/14), `classifier`
+(the project's own network, trained on the study dataset).  Values of different extractors are on
+different scales and must never be compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXTRACTORS = ("inception", "dinov2", "classifier")
+KINDS = ("fd", "fd_inf", "kid", "precision", "recall")
+PER_SAMPLE_KINDS = frozenset({"fd_inf", "kid", "precision", "recall"})  # need the features, not only mean/cov
+GRAMMAR = ("fid, fid_inf, fd_<x>, fd_inf_<x>, kid_<x>, precision_<x>, recall_<x> with <x> one of "
+           + ", ".join(EXTRACTORS) + " (fd_/fd_inf_ take dinov2 or classifier: the Inception ones are fid and fid_inf)")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A parsed metric name: what is computed (`kind`) in whose features (`extractor`)."""
+
+    name: str
+    kind: str
+    extractor: str
+
+    @property
+    def per_sample(self) -> bool:
+        """True when the metric needs every generated feature vector, not only their mean and covariance."""
+        return self.kind in PER_SAMPLE_KINDS
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.kind in ("precision", "recall")
+
+
+def metric_name(kind: str, extractor: str) -> str:
+    """The canonical name of `kind` in `extractor`'s features (`fd`, `inception` -> `fid`)."""
+    if kind not in KINDS or extractor not in EXTRACTORS:
+        raise ValueError(f"metric: unknown kind {kind!r} or extractor {extractor!r}")
+    if extractor == "inception" and kind in ("fd", "fd_inf"):
+        return "fid" if kind == "fd" else "fid_inf"
+    return f"{kind}_{extractor}"
+
+
+def parse_metric(name: str) -> MetricSpec:
+    """`fid` -> (fd, inception), `kid_classifier` -> (kid, classifier), ...; ValueError naming the grammar."""
+    text = str(name).strip()
+    if text == "fid":
+        return MetricSpec(text, "fd", "inception")
+    if text == "fid_inf":
+        return MetricSpec(text, "fd_inf", "inception")
+    for kind in ("fd_inf", "fd", "kid", "precision", "recall"):  # fd_inf before fd: longest prefix first
+        prefix = f"{kind}_"
+        if text.startswith(prefix):
+            extractor = text[len(prefix):]
+            if extractor not in EXTRACTORS:
+                break
+            if extractor == "inception" and kind in ("fd", "fd_inf"):
+                raise ValueError(f"metric: {text!r} is called {metric_name(kind, extractor)!r} (FID is the Inception "
+                                 f"Fréchet distance)")
+            return MetricSpec(text, kind, extractor)
+    raise ValueError(f"metric: unknown metric {text!r}; expected one of {GRAMMAR}")
+
+
+def extractors_of(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The extractors a list of metric names needs, in first-use order."""
+    seen: list[str] = []
+    for name in names:
+        extractor = parse_metric(name).extractor
+        if extractor not in seen:
+            seen.append(extractor)
+    return seen
