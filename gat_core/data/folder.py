@@ -15,17 +15,24 @@ from gat_core.data.dataset import DatasetError
 _MAX_NAMED = 10  # skipped files listed by name in the warning
 
 
+def adm_center_crop(im: Image.Image, resolution: int) -> np.ndarray:
+    """The ADM/DiT preprocessing: halve with a box filter while the short side is at least twice the
+    target, bicubic-resize the short side to the target, then crop the centre square."""
+    while min(im.size) >= 2 * resolution:
+        im = im.resize(tuple(x // 2 for x in im.size), resample=Image.Resampling.BOX)
+    scale = resolution / min(im.size)
+    im = im.resize(tuple(round(x * scale) for x in im.size), resample=Image.Resampling.BICUBIC)
+    arr = np.asarray(im, dtype=np.uint8)
+    top, left = (arr.shape[0] - resolution) // 2, (arr.shape[1] - resolution) // 2
+    return arr[top:top + resolution, left:left + resolution]
+
+
 def _load_square(file: Path, resolution: int) -> np.ndarray:
-    """One file -> uint8 [R, R, 3]: EXIF-rotated, RGB, centre-cropped to a square, bicubic-resized."""
+    """One file -> uint8 [R, R, 3]: EXIF-rotated, RGB, ADM centre crop."""
     with Image.open(file) as im:
         im.load()  # decode now, so truncated files fail here rather than later
         im = ImageOps.exif_transpose(im).convert("RGB")
-    w, h = im.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    im = im.crop((left, top, left + side, top + side))
-    im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
-    return np.asarray(im, dtype=np.uint8)
+    return adm_center_crop(im, resolution)
 
 
 def load_folder(root: Path, resolution: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
