@@ -41,8 +41,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.summary import format_outcomes
 
     study = load_study(args.study, args.overrides)
-    outcomes = run_study(study, address=args.address, tracking_uri=args.tracking_uri, dashboard=args.dashboard,
-                         num_cpus=args.num_cpus)
+    outcomes = run_study(study, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage,
+                         dashboard=args.dashboard, num_cpus=args.num_cpus)
     print(format_outcomes(study, outcomes, args.tracking_uri or study.config.tracking_uri))
     if any(o.status == "interrupted" for o in outcomes):
         return 130
@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_args(p)
     p.add_argument("--address", help="existing Ray cluster (auto, host:port, ray://...); default: embedded local Ray")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under the study's output folder)")
+    p.add_argument("--storage", help="where Ray Tune persists trial checkpoints (a shared path or URI on a cluster; "
+                                     "default <output_dir>/ray)")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (on 127.0.0.1)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     p.set_defaults(func=cmd_run)

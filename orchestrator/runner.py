@@ -58,7 +58,9 @@ def run_trial(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[s
     cfg = TrialConfig.model_validate_json(trials[trial_id])
     workdir = Path(out_dir) / "trials" / trial_id
     logger = TrialLogger(tracking_uri, run_ids[trial_id])
-    logger.start()
+    import ray
+
+    logger.start(node=ray.get_runtime_context().get_node_id())
 
     resume_from = None
     restored = tune.get_checkpoint()
@@ -121,7 +123,8 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) 
 
 
 def run_study(study: Study, *, address: str | None = None, tracking_uri: str | None = None,
-              dashboard: bool = False, num_cpus: int | None = None, quiet: bool = False) -> list[TrialOutcome]:
+              storage: str | None = None, dashboard: bool = False, num_cpus: int | None = None,
+              quiet: bool = False) -> list[TrialOutcome]:
     """Run every unfinished trial of `study`; return the outcome of all trials."""
     cfg = study.config
     out = cfg.out
@@ -139,7 +142,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
         f"{len(todo)} to run; MLflow: {uri} (experiment {cfg.experiment})")
 
     if todo:
-        _fit(study, todo, run_ids, uri, out, address, dashboard, num_cpus, quiet)
+        _fit(study, todo, run_ids, uri, out, storage or str(out / "ray"), address, dashboard, num_cpus, quiet)
     outcomes = collect_outcomes(study, tracker)
     unfinished = [o for o in outcomes if o.status not in (*FINAL_STATUSES, "failed")]
     for o in unfinished:  # stopped by Ctrl-C or a lost driver: resumable, say so
@@ -153,8 +156,8 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     return collect_outcomes(study, tracker) if unfinished else outcomes
 
 
-def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path, address: str | None,
-         dashboard: bool, num_cpus: int | None, quiet: bool) -> None:
+def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path, storage: str,
+         address: str | None, dashboard: bool, num_cpus: int | None, quiet: bool) -> None:
     from ray import tune
 
     res = study.config.resources
@@ -170,7 +173,7 @@ def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path,
         tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent or 0),
         run_config=tune.RunConfig(
             name=f"{study.config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(out / "ray"),
+            storage_path=storage,  # where Tune persists trial checkpoints: shared storage on a cluster
             failure_config=tune.FailureConfig(max_failures=res.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
