@@ -57,6 +57,8 @@ def run_trial(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[s
     trial_id = config["trial_id"]
     cfg = TrialConfig.model_validate_json(trials[trial_id])
     workdir = Path(out_dir) / "trials" / trial_id
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "worker.pid").write_text(str(os.getpid()))  # which process trains this trial now
     logger = TrialLogger(tracking_uri, run_ids[trial_id])
     import ray
 

@@ -162,3 +162,34 @@ def test_gan_and_dit_trials_in_one_study(tmp_path, ray_session):
     assert float(gat.data.params["sample_gflops"]) == pytest.approx(float(gat.data.params["gflops_g"]))
     assert float(dit.data.params["gflops_d"]) == 0 and float(gat.data.params["gflops_d"]) > 0
     assert "loss_diffusion" in dit.data.metrics and "loss_d" in gat.data.metrics
+
+
+def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL of the process training a trial: Ray Tune restarts it from its checkpoint, in the same run."""
+    spec = tiny_study("crash", tmp_path / "out", steps=40, checkpoint_every=4, log_every=2)
+    spec["eval"]["interval"] = 20
+    spec["resources"]["max_failures"] = 2
+    spec["grid"] = {"train.seed": [0]}
+    path = write_study(tmp_path / "study.yaml", spec)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(_cli("run", str(path)), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    trial_dir = tmp_path / "out" / "trials"
+    deadline = time.monotonic() + 240
+    killed = None
+    while time.monotonic() < deadline and proc.poll() is None and killed is None:
+        ckpts = list(trial_dir.glob("*/checkpoints/ckpt-*.pt"))
+        if any(int(p.stem.split("-")[1]) >= 8 for p in ckpts):
+            killed = int(next(trial_dir.glob("*/worker.pid")).read_text())
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.3)
+    assert killed is not None, "the trial never reached its second checkpoint"
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out.decode()[-3000:]
+    assert int(next(trial_dir.glob("*/worker.pid")).read_text()) != killed  # a new process finished it
+    client = MlflowClient(load_study(path).config.tracking_uri)
+    (run,) = children(client, "crash")
+    assert run.data.tags["status"] == "completed"
+    assert steps_of(client, run.info.run_id, "loss_d") == list(range(2, 41, 2))
+    (resumed,) = [m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")]
+    assert resumed >= 4
