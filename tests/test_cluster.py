@@ -33,3 +33,40 @@ def test_trials_run_on_both_nodes_of_a_cluster(tmp_path, two_nodes):
     nodes = {client.get_run(o.run_id).data.tags["ray_node"] for o in outcomes}
     assert len(nodes) == 2  # one CPU per node, one CPU per trial: they cannot share a node at once
     assert list((tmp_path / "shared").glob("cluster-*/*/checkpoint_*"))  # Tune persisted checkpoints there
+
+
+def test_study_finishes_after_a_worker_node_is_removed(tmp_path, two_nodes):
+    """Remove the second node while both trials train: the lost trial restarts on the head node from the
+    checkpoint Tune persisted, and both finish with one MLflow run each."""
+    import threading
+    import time
+
+    worker = next(n for n in two_nodes.list_all_nodes() if n is not two_nodes.head_node)
+    spec = tiny_study("shrink", tmp_path / "out", steps=30, checkpoint_every=4, log_every=2)
+    spec["resources"]["max_failures"] = 3
+    spec["grid"] = {"train.seed": [0, 1]}
+    study = load_study(write_study(tmp_path / "study.yaml", spec))
+    removed = threading.Event()
+
+    def remove_when_both_checkpointed() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            dirs = list((tmp_path / "out" / "trials").glob("*/checkpoints"))
+            if len(dirs) == 2 and all(any(int(p.stem.split("-")[1]) >= 8 for p in d.glob("ckpt-*.pt")) for d in dirs):
+                two_nodes.remove_node(worker)
+                removed.set()
+                return
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=remove_when_both_checkpointed, daemon=True)
+    thread.start()
+    outcomes = run_study(study, address=two_nodes.address, storage=str(tmp_path / "shared"), quiet=True)
+    thread.join(timeout=5)
+    assert removed.is_set(), "both trials finished before the node could be removed"
+    assert [o.status for o in outcomes] == ["completed", "completed"]
+    client = MlflowClient(study.config.tracking_uri)
+    for o in outcomes:
+        steps = [m.step for m in client.get_metric_history(o.run_id, "loss_d")]
+        assert steps == list(range(2, 31, 2))
+    resumed = [o for o in outcomes if client.get_metric_history(o.run_id, "resumed_from_step")]
+    assert len(resumed) == 1  # the trial of the removed node, and only it, restarted from a checkpoint
