@@ -34,6 +34,7 @@ class SyntheticTrial:
     reason: str = ""
     final_step: int | None = None
     sample: np.ndarray | None = None  # (H, W, 3) in [0, 1], logged as samples/final.png
+    params: dict[str, Any] = field(default_factory=dict)  # extra run params (`sample_gflops`, ...), override defaults
 
     @property
     def name(self) -> str:
@@ -90,6 +91,46 @@ def synthetic_trial(width: int, depth: int, patch: int, final_value: float, *, s
                           sample=sample, **cost)
 
 
+def family_trial(family: str, width: int, depth: int, patch: int, final_value: float, *, steps: int = 400,
+                 interval: int = 100, batch_size: int = 32, resolution: int = 16, metric: str = "fd_classifier",
+                 seed: int = 0, sample_steps: int = 8, eval_nfe: Sequence[int] = (1, 2, 4, 8), guidance: float = 1.0,
+                 nfe_curve: Callable[[int], float] | None = None, curve: Callable[[float], float] | None = None,
+                 extra: dict[str, Any] | None = None) -> SyntheticTrial:
+    """A GAT (`family="gat"`) or DiT (`"dit"`) trial of a family comparison, with the family's compute columns.
+
+    GAT: `sample_gflops` = one G forward.  DiT: training costs 3 forwards per sample-iteration
+    instead of the GAN's 6, D costs nothing, `sample_gflops` = sample_steps x forward (x 2 with
+    guidance), and the final step carries `<metric>_nfe<k>` = final_value x nfe_curve(k) (default
+    (sample_steps / k)^0.5, so the k = sample_steps value is the final one) with `sample_gflops_nfe<k>`
+    for every k in `eval_nfe`, like `DiffusionTrainer.final_evaluate`.
+    """
+    if family not in ("gat", "dit"):
+        raise ValueError(f"family: 'gat' or 'dit', not {family!r}")
+    config = {"model.family": family, "train.diffusion.sample_steps": sample_steps,
+              "train.diffusion.eval_nfe": list(eval_nfe), "train.diffusion.guidance": guidance, **(extra or {})}
+    trial = synthetic_trial(width, depth, patch, final_value, seed=seed, steps=steps, interval=interval,
+                            batch_size=batch_size, resolution=resolution, metric=metric, extra=config, curve=curve)
+    gflops = trial.gflops_g
+    if family == "gat":
+        trial.params = {"sample_gflops": gflops}
+        return trial
+    factor = 2 if guidance > 1.0 else 1
+    trial.macs_per_sample_iter = 3 * gflops * 1e9
+    flops = {s: trial.macs_per_sample_iter * batch_size * s for s in trial.metrics["train_flops"]}
+    losses = trial.metrics.pop("loss_d")
+    trial.metrics.pop("loss_g")
+    evals = sorted(trial.metrics[metric])
+    trial.metrics.update({"train_flops": flops, "loss_diffusion": {s: 0.1 + abs(v - 1.2) for s, v in losses.items()},
+                          "sample_gflops": {s: gflops * sample_steps * factor for s in evals}})
+    nfe_curve = nfe_curve or (lambda k: (sample_steps / k) ** 0.5)
+    last = evals[-1]
+    for k in eval_nfe:
+        trial.metrics[f"{metric}_nfe{k}"] = {last: final_value * nfe_curve(k)}
+        trial.metrics[f"sample_gflops_nfe{k}"] = {last: gflops * k * factor}
+    trial.params = {"sample_gflops": gflops * sample_steps * factor, "gflops_d": 0.0, "params_d": 0.0}
+    return trial
+
+
 def power_law_trials(n: int, *, a: float = 5.0, b: float = 0.4, E: float = 0.0, noise: float = 0.05,
                      patches: Sequence[int] = (2,), seeds: Sequence[int] = (0,), rng_seed: int = 0,
                      min_width: int = 32, max_width: int = 512, depth: int = 4) -> list[SyntheticTrial]:
@@ -136,7 +177,7 @@ def log_study(tracking_uri: str, name: str, trials: Sequence[SyntheticTrial], *,
             params = {**trial.config, "gflops_g": trial.gflops_g, "gflops_d": trial.gflops_g,
                       "params_g": trial.params_g, "params_d": trial.params_g,
                       "macs_per_sample_iter": trial.macs_per_sample_iter, "steps": trial.config.get("train.steps"),
-                      "trial_index": index, "swept": list(swept)}
+                      "trial_index": index, "swept": list(swept), **trial.params}
             items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
             metrics = [Metric(key, float(v), 1_700_000_000_000 + step, step)
                        for key, values in trial.metrics.items() for step, v in values.items()]

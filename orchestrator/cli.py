@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     from orchestrator.analyze_cmd import add_analyze_parser
 
     add_analyze_parser(sub)
+    from orchestrator.compare_cmd import add_compare_parser
+
+    add_compare_parser(sub)
 
     p = sub.add_parser("status", help="where a study stands, from MLflow")
     _add_study_args(p)
