@@ -24,7 +24,7 @@ from gat_core.config import TrialConfig
 from gat_core.flops import TrialCost, dit_forward_macs, dit_trial_cost, sampling_macs
 from gat_core.models.dit import DiTDenoiser, drop_labels
 from gat_core.objectives.diffusion import ddpm_scheduler, diffusion_loss, sample
-from gat_core.trial import TrialBase, ema_update
+from gat_core.trial import TrialBase, ema_update, score_samples
 
 EVAL_NOISE_SEED = 4321  # every evaluation (and every NFE) starts from the same noise
 
@@ -109,8 +109,10 @@ class DiffusionTrainer(TrialBase):
     @torch.no_grad()
     def evaluate(self, num_samples: int) -> dict[str, float]:
         """The metric at `sample_steps` NFE and what sampling one image costs."""
-        nfe = self.diff.sample_steps
-        return {self.cfg.eval.metric: self.quality_at(num_samples, nfe), "eval_samples": float(num_samples),
+        nfe, e = self.diff.sample_steps, self.cfg.eval
+        noise = torch.Generator().manual_seed(EVAL_NOISE_SEED)
+        metrics = e.final_metrics if self.step >= self.total_steps else [e.metric]  # extras at the end only
+        return {**score_samples(self, num_samples, metrics, lambda labels: self.sample(labels, nfe, noise)),
                 "sample_gflops": self.sample_gflops(nfe), "sample_nfe": float(nfe)}
 
     @torch.no_grad()

@@ -174,7 +174,7 @@ class Trainer(TrialBase):
     def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One forward pass of the EMA generator (1 NFE)."""
         z = torch.randn(labels.shape[0], self.G_ema.z_dim, generator=generator).to(self.device)
-        return self.G_ema(z, labels)
+        return self.G_ema(z, labels, self.cfg.eval.truncation)
 
     @torch.no_grad()
     def evaluate(self, num_samples: int) -> dict[str, float]:

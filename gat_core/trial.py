@@ -20,7 +20,7 @@ from gat_core import checkpoint as ckpt
 from gat_core.config import TrialConfig
 from gat_core.data import BatchSampler, load_dataset
 from gat_core.latents import LatentData, LatentDecoder, LatentSampler, load_latents
-from gat_core.metrics import fd_of_generator, load_or_train_classifier, reference_stats
+from gat_core.metrics.evaluator import build_evaluator
 from gat_core.samples import save_sample_grid
 
 KEEP_CHECKPOINTS = 2
@@ -39,6 +39,28 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
     for ema_buf, buf in zip(ema.buffers(), model.buffers()):
         ema_buf.copy_(buf)
+
+
+def score_samples(trial: "TrialBase", num_samples: int, metrics: list[str],
+                  generate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+    """`metrics` of `num_samples` decoded samples of `generate` (default: the trial's sampler, truncated by
+    eval.truncation for GANs), one generation pass, labels from a fixed seed; includes `eval_samples`.
+
+    Needs `trial.prepare_eval()` first (it builds `trial.evaluator` for eval.metric and eval.extra_metrics).
+    """
+    e = trial.cfg.eval
+
+    def truncated(labels: torch.Tensor) -> torch.Tensor:  # Trainer.generate with psi
+        g_ema = trial.G_ema
+        return g_ema(torch.randn(labels.shape[0], g_ema.z_dim).to(trial.device), labels, e.truncation)
+
+    sample = generate or (truncated if e.truncation and hasattr(trial, "G_ema") else trial.generate)
+
+    def images(labels: torch.Tensor) -> torch.Tensor:
+        with trial.autocast():
+            return trial.decode(sample(labels.to(trial.device)).float()).clamp(-1, 1)
+
+    return trial.evaluator(images, metrics, num_samples, e.batch_size, trial.dataset.num_classes, seed=1234)
 
 
 class TrialBase:
@@ -111,10 +133,16 @@ class TrialBase:
 
     # --- evaluation ---------------------------------------------------------------------------
     def prepare_eval(self) -> float:
-        """Train (or load) the feature classifier and the reference statistics; returns its accuracy."""
+        """Extractors and reference statistics of the eval metrics (primary and extra); returns the classifier's
+        held-out accuracy (NaN when no metric uses the classifier).
+
+        The classifier is trained once per dataset and cached; reference statistics are cached per (dataset
+        content, extractor weights); missing Inception/DINOv2 weights raise WeightsNotFound naming the file.
+        """
         e = self.cfg.eval
-        self.extractor, accuracy = load_or_train_classifier(self.dataset, self.cache_dir, e.classifier_epochs, seed=0)
-        self.ref_stats = reference_stats(self.extractor, self.dataset, self.cache_dir)
+        if e.truncation and not hasattr(self, "G_ema"):
+            raise ValueError("eval.truncation: truncation applies to GAN generators (G_ema); this trial has none")
+        self.evaluator, accuracy = build_evaluator(e, self.dataset, self.cache_dir, device=self.device)
         return accuracy
 
     def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -123,18 +151,21 @@ class TrialBase:
 
     @torch.no_grad()
     def quality(self, num_samples: int, generate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-        """The quality metric (FD in the classifier's features) of decoded samples, fixed seed."""
-        sample = generate or self.generate
+        """The primary metric (`eval.metric`; default: FD in the classifier's features) of decoded samples,
+        labels from a fixed seed."""
+        metric = self.cfg.eval.metric
+        return score_samples(self, num_samples, [metric], generate)[metric]
 
-        def images(labels: torch.Tensor) -> torch.Tensor:
-            with self.autocast():
-                return self.decode(sample(labels.to(self.device)).float()).clamp(-1, 1)
-
-        return fd_of_generator(images, num_samples, self.cfg.eval.batch_size, self.dataset.num_classes,
-                               self.extractor, self.ref_stats, seed=1234)
-
+    @torch.no_grad()
     def evaluate(self, num_samples: int) -> dict[str, float]:
-        return {self.cfg.eval.metric: self.quality(num_samples), "eval_samples": float(num_samples)}
+        """`{eval.metric: value, "eval_samples": n}`, plus `eval.extra_metrics` at the final evaluation (the
+        trial's last step), scored on the same samples; GAN trials also log their truncation psi (`eval_truncation`)."""
+        e = self.cfg.eval
+        final = self.step >= self.total_steps
+        out = score_samples(self, num_samples, e.final_metrics if final else [e.metric])
+        if hasattr(self, "G_ema"):
+            out["eval_truncation"] = float(e.truncation)
+        return out
 
     def final_evaluate(self, num_samples: int) -> dict[str, float]:
         return self.evaluate(num_samples)

@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     from orchestrator.compare_cmd import add_compare_parser
 
     add_compare_parser(sub)
+    from orchestrator.eval_cmd import add_parsers as add_eval_parsers
+
+    add_eval_parsers(sub)
 
     p = sub.add_parser("status", help="where a study stands, from MLflow")
     _add_study_args(p)

@@ -1,14 +1,16 @@
-"""Fréchet distance between Gaussian fits of features, and the pipeline that computes it for a generator.
+"""Fréchet distance between Gaussian fits of features, cached reference statistics, and the FD of a generator.
 
-The feature extractor is a protocol so the same pipeline serves the
-download-free classifier features now and Inception/DINOv2 features later.
+The feature extractor is a protocol: the same pipeline serves the download-free classifier
+features, Inception (`fid`) and DINOv2 (`fd_dinov2`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -52,28 +54,40 @@ def _eigvalsh(matrix: np.ndarray) -> np.ndarray:
     return scipy.linalg.eigh(matrix, eigvals_only=True, driver="evd", overwrite_a=True, check_finite=False)
 
 
+def psd_factor(matrix: np.ndarray) -> np.ndarray:
+    """F [d, r] with F F^T = matrix up to round-off, r its numerical rank (pivoted Cholesky, LAPACK pstrf).
+
+    Pivoting stops at the first pivot below LAPACK's default tolerance (d * eps * max diagonal):
+    directions a covariance does not have (fewer samples than dimensions) or only has as round-off,
+    including slightly negative ones, are dropped instead of producing NaN or complex numbers.
+    """
+    if not matrix.any():
+        return np.zeros((matrix.shape[0], 0))
+    c, piv, rank, info = scipy.linalg.lapack.dpstrf(matrix, lower=1)
+    if info < 0:
+        raise ValueError(f"pstrf: illegal argument {-info}")
+    factor = np.empty((matrix.shape[0], rank))
+    factor[piv - 1] = np.tril(c)[:, :rank]  # matrix = P L L^T P^T
+    return factor
+
+
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """tr((S1 S2)^(1/2)) for symmetric PSD S1, S2: the sum of the square roots of the eigenvalues of S1 S2.
 
-    S1 S2 is not symmetric, but with any factor S1 = L L^T it is similar to the symmetric PSD
-    matrix L^T S2 L, whose eigenvalues a symmetric solver finds fast and accurately.  L is the
-    Cholesky factor of S1 (or of S2, the roles being symmetric); when neither is numerically
-    positive definite (singular covariances, e.g. fewer samples than dimensions) it is the
-    eigen-decomposition square root with round-off negative eigenvalues clipped to 0.  This replaces
+    S1 S2 is not symmetric, but with S1 = F F^T its non-zero eigenvalues are those of the
+    symmetric PSD r x r matrix F^T S2 F, which a symmetric solver finds fast and accurately (its
+    round-off negative eigenvalues are clipped to 0).  F is the pivoted Cholesky factor of the
+    covariance of lower numerical rank (`psd_factor`), so singular covariances (e.g. fewer samples
+    than dimensions) make the problem smaller instead of ill-posed.  This replaces
     `scipy.linalg.sqrtm(S1 @ S2)` (a Schur decomposition of a non-symmetric matrix, many times
-    slower, complex-valued for singular products) by one Cholesky, two matrix products and one
-    eigenvalue-only symmetric solve.
+    slower, complex-valued for singular products) by two pivoted Cholesky factorisations, two
+    matrix products and one eigenvalue-only symmetric solve.
     """
-    for a, b in ((sigma1, sigma2), (sigma2, sigma1)):
-        try:
-            factor = np.linalg.cholesky(a)
-        except np.linalg.LinAlgError:
-            continue
-        if np.isfinite(factor).all():
-            break
-    else:
-        factor, b = _sqrt_psd(sigma1), sigma2
-    inner = factor.T @ b @ factor
+    f1, f2 = psd_factor(sigma1), psd_factor(sigma2)
+    factor, other = (f1, sigma2) if f1.shape[1] <= f2.shape[1] else (f2, sigma1)
+    if factor.shape[1] == 0:
+        return 0.0
+    inner = factor.T @ other @ factor
     eig = _eigvalsh((inner + inner.T) / 2.0)
     return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
 
@@ -99,20 +113,75 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return max(value, 0.0)
 
 
-def reference_stats(extractor: FeatureExtractor, dataset: ImageDataset, cache_dir: Path, batch_size: int = 500) -> RunningStats:
-    """Feature statistics of all real images, cached per (dataset fingerprint, extractor key) as .npz."""
+def _image_batches(source, batch_size: int) -> Iterator[Tensor]:
+    """Batches of a reference source in [-1, 1]: an ImageDataset or a ReferenceBatch with images (uint8)."""
+    if hasattr(source, "image_batches"):
+        for batch in source.image_batches(batch_size):
+            yield batch.float() / 127.5 - 1.0  # exactly back to the same uint8 under quantize_uint8
+        return
+    for start in range(0, len(source), batch_size):
+        yield source.images[start:start + batch_size]
+
+
+def _save_npy_atomic(array: np.ndarray, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def reference(extractor: FeatureExtractor, source, cache_dir: Path, batch_size: int = 500, features: bool = False
+              ) -> tuple[RunningStats, np.ndarray | None]:
+    """Feature statistics (and, if `features`, all feature vectors) of real images, cached on disk.
+
+    `source` is an `ImageDataset` or a `ReferenceBatch` holding images.  The cache is keyed by the
+    source's content hash (`fingerprint()`: the uint8 pixels, their shape, i.e. the resolution, and
+    the labels; or the reference file's bytes) and the extractor's `key` (which names its weights):
+    `ref-<fingerprint>-<key>.npz` with `mu`, `sigma`, `n`, and `ref-<fingerprint>-<key>-features.npy`
+    (float32).  Statistics and features are computed in one pass when both are missing; a file lock
+    lets concurrent trials wait for the first one's pass instead of repeating it.
+    """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"ref-{dataset.fingerprint()}-{extractor.key}.npz"
-    with FileLock(f"{path}.lock"):
-        if path.exists():
-            return RunningStats.load(path)
+    stem = f"ref-{source.fingerprint()}-{extractor.key}"
+    stats_path, feats_path = cache_dir / f"{stem}.npz", cache_dir / f"{stem}-features.npy"
+    with FileLock(f"{stats_path}.lock"):
+        if stats_path.exists() and (not features or feats_path.exists()):
+            return RunningStats.load(stats_path), (np.load(feats_path) if features else None)
         stats = RunningStats(extractor.dim)
+        chunks: list[np.ndarray] = []
         with torch.no_grad():
-            for start in range(0, len(dataset), batch_size):
-                stats.update(extractor.features(dataset.images[start:start + batch_size]))
-        stats.save(path)
-        return stats
+            for batch in _image_batches(source, batch_size):
+                feats = extractor.features(batch)
+                stats.update(feats)
+                if features:
+                    chunks.append(feats.float().numpy())
+        if stats.n < 2:
+            raise ValueError(f"reference statistics need at least 2 real images, the source has {stats.n}")
+        if not stats_path.exists():
+            stats.save(stats_path)
+        all_feats = None
+        if features:
+            all_feats = np.concatenate(chunks).astype(np.float32)
+            _save_npy_atomic(all_feats, feats_path)
+        log.info("reference features of %s with %s: %d images", stem, extractor.name, stats.n)
+        return RunningStats.load(stats_path), all_feats
+
+
+def reference_stats(extractor: FeatureExtractor, dataset: ImageDataset, cache_dir: Path, batch_size: int = 500) -> RunningStats:
+    """Feature statistics of all real images, cached per (dataset fingerprint, extractor key) as .npz."""
+    return reference(extractor, dataset, cache_dir, batch_size)[0]
+
+
+def reference_features(extractor: FeatureExtractor, dataset, cache_dir: Path, batch_size: int = 500) -> np.ndarray:
+    """All real feature vectors [N, dim] (float32), cached beside the statistics."""
+    feats = reference(extractor, dataset, cache_dir, batch_size, features=True)[1]
+    assert feats is not None
+    return feats
 
 
 def _generated_stats(
