@@ -8,6 +8,7 @@ and the same compute accounting.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -63,7 +64,7 @@ def score_samples(trial: "TrialBase", num_samples: int, metrics: list[str],
     return trial.evaluator(images, metrics, num_samples, e.batch_size, trial.dataset.num_classes, seed=1234)
 
 
-class TrialBase:
+class TrialBase(ABC):
     """State and services shared by the trainers; subclasses add the networks and `iteration()`."""
 
     total_steps: int
@@ -145,9 +146,9 @@ class TrialBase:
         self.evaluator, accuracy = build_evaluator(e, self.dataset, self.cache_dir, device=self.device)
         return accuracy
 
+    @abstractmethod
     def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Samples of the evaluated model in the training space (pixels or latents)."""
-        raise NotImplementedError  # each trainer says how it samples
 
     @torch.no_grad()
     def quality(self, num_samples: int, generate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
@@ -180,11 +181,13 @@ class TrialBase:
         return save_sample_grid(images.cpu(), path, nrow=n)
 
     # --- state --------------------------------------------------------------------------------
+    @abstractmethod
     def state_dict(self) -> dict:
-        raise NotImplementedError
+        """Everything a checkpoint holds (start from `progress_state()`)."""
 
+    @abstractmethod
     def load_state_dict(self, state: dict) -> None:
-        raise NotImplementedError
+        """Restore a checkpoint (finish with `load_progress_state()`)."""
 
     def progress_state(self) -> dict:
         """Where training stands, whatever the model: step, config, batch order and random state."""
@@ -205,9 +208,9 @@ class TrialBase:
         ckpt.prune(folder, KEEP_CHECKPOINTS)
         return path
 
+    @abstractmethod
     def model_state(self) -> dict:
         """What sampling needs (EMA weights), saved as the trial's model file."""
-        raise NotImplementedError
 
     def save_model(self) -> Path:
         state = {"step": self.step, "config": self.cfg.model_dump_json(), "num_classes": self.dataset.num_classes,

@@ -101,10 +101,11 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator.cli", *args]
 
 
-def test_interrupted_study_resumes_in_the_same_runs(tmp_path):
-    """SIGINT mid-trial, then the same command again: one child run per trial, continuous steps."""
-    spec = tiny_study("resume", tmp_path / "out", steps=40, checkpoint_every=4, log_every=2)
+def start_one_trial_study(tmp_path: Path, name: str, max_failures: int = 0):
+    """`gat-study run` of a one-trial, 40-step study in a subprocess, returned once it checkpointed step >= 8."""
+    spec = tiny_study(name, tmp_path / "out", steps=40, checkpoint_every=4, log_every=2)
     spec["eval"]["interval"] = 20
+    spec["resources"]["max_failures"] = max_failures
     spec["grid"] = {"train.seed": [0]}
     path = write_study(tmp_path / "study.yaml", spec)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -113,11 +114,15 @@ def test_interrupted_study_resumes_in_the_same_runs(tmp_path):
     trial_dir = tmp_path / "out" / "trials"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        ckpts = list(trial_dir.glob("*/checkpoints/ckpt-*.pt"))
-        if any(int(p.stem.split("-")[1]) >= 8 for p in ckpts):
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        if any(int(p.stem.split("-")[1]) >= 8 for p in trial_dir.glob("*/checkpoints/ckpt-*.pt")):
+            return path, proc, trial_dir, env
+        time.sleep(0.3)
+    raise AssertionError("the trial never reached its second checkpoint: " + proc.stdout.read().decode()[-3000:])
+
+
+def test_interrupted_study_resumes_in_the_same_runs(tmp_path):
+    """SIGINT mid-trial, then the same command again: one child run per trial, continuous steps."""
+    path, proc, trial_dir, env = start_one_trial_study(tmp_path, "resume")
     os.killpg(proc.pid, signal.SIGINT)
     try:
         proc.wait(timeout=90)
@@ -166,24 +171,9 @@ def test_gan_and_dit_trials_in_one_study(tmp_path, ray_session):
 
 def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     """SIGKILL of the process training a trial: Ray Tune restarts it from its checkpoint, in the same run."""
-    spec = tiny_study("crash", tmp_path / "out", steps=40, checkpoint_every=4, log_every=2)
-    spec["eval"]["interval"] = 20
-    spec["resources"]["max_failures"] = 2
-    spec["grid"] = {"train.seed": [0]}
-    path = write_study(tmp_path / "study.yaml", spec)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(_cli("run", str(path)), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    trial_dir = tmp_path / "out" / "trials"
-    deadline = time.monotonic() + 240
-    killed = None
-    while time.monotonic() < deadline and proc.poll() is None and killed is None:
-        ckpts = list(trial_dir.glob("*/checkpoints/ckpt-*.pt"))
-        if any(int(p.stem.split("-")[1]) >= 8 for p in ckpts):
-            killed = int(next(trial_dir.glob("*/worker.pid")).read_text())
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.3)
-    assert killed is not None, "the trial never reached its second checkpoint"
+    path, proc, trial_dir, env = start_one_trial_study(tmp_path, "crash", max_failures=2)
+    killed = int(next(trial_dir.glob("*/worker.pid")).read_text())
+    os.kill(killed, signal.SIGKILL)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out.decode()[-3000:]
     assert int(next(trial_dir.glob("*/worker.pid")).read_text()) != killed  # a new process finished it
