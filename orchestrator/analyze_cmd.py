@@ -65,12 +65,17 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--out", type=Path, help="output folder (default: <study output_dir>/analysis)")
     p.add_argument("--metric", help="metric on the y-axis (default: the trials' eval.metric)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
-    p.add_argument("--include-failed", action="store_true",
-                   help="fit diverged/failed trials too, at their last finite value")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per fit (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    add_fit_arguments(p)
     p.set_defaults(func=cmd_analyze)
     return p
+
+
+def add_fit_arguments(p: argparse.ArgumentParser) -> None:
+    """Options every fitting command shares (analyze, compare)."""
+    p.add_argument("--include-failed", action="store_true",
+                   help="use diverged/failed trials too, at their last finite value")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per fit (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

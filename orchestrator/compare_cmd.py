@@ -20,7 +20,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from orchestrator.analyze_cmd import resolve_target
+from orchestrator.analyze_cmd import add_fit_arguments, resolve_target
 
 __all__ = ["AnalysisError", "add_compare_parser", "cmd_compare", "compare", "measure_sampling_speed",
            "run_comparison", "trial_config"]
@@ -270,10 +270,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--budgets", type=_floats,
                    help="training budgets in MACs for the equal-compute table, e.g. 1e13,1e14")
     p.add_argument("--targets", type=_floats, help="target metric values for the needed-compute table, e.g. 50,20")
-    p.add_argument("--include-failed", action="store_true",
-                   help="use diverged/failed trials at their last finite value")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per fit (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    add_fit_arguments(p)
     p.set_defaults(func=cmd_compare)
     return p
 
