@@ -136,6 +136,9 @@ class DiffusionTrainer(TrialBase):
         self.opt.load_state_dict(state["opt"])
         self.load_progress_state(state)
 
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.model, self.ema]
+
     def model_state(self) -> dict:
         """The EMA denoiser and how to sample it (objective, sampler, steps, guidance)."""
         return {"ema": self.ema.state_dict(), "family": "dit", "diffusion": self.diff.model_dump()}

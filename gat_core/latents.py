@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,9 +126,10 @@ def load_latents(folder: Path) -> LatentData:
 class LatentSampler:
     """Batches of freshly sampled latents z = (mean + std * eps) * scale, and the matching pixels."""
 
-    def __init__(self, data: LatentData, batch_size: int, seed: int, device: torch.device) -> None:
+    def __init__(self, data: LatentData, batch_size: int, seed: int, device: torch.device,
+                 shard: Callable[[Tensor], Tensor] | None = None) -> None:
         self.data = data
-        self.sampler = BatchSampler(data.moments, batch_size, seed=seed, device=device)
+        self.sampler = BatchSampler(data.moments, batch_size, seed=seed, device=device, shard=shard)
         self.last_pixels: Tensor | None = None
 
     def next(self) -> tuple[Tensor, Tensor]:

@@ -24,12 +24,13 @@ from gat_core import checkpoint as ckpt
 from gat_core.augment import AugmentParams, DiffAugment
 from gat_core.config import TrialConfig
 from gat_core.diagnostics import OutputProbe, block_utilisation
+from gat_core.distributed import DataParallel
 from gat_core.flops import TrialCost, trial_cost
 from gat_core.models.discriminator import GATDiscriminator
 from gat_core.models.generator import GATGenerator
 from gat_core.objectives.gan import Align, Judge, discriminator_loss, generator_loss
 from gat_core.objectives.mng import noise_levels
-from gat_core.trial import MODEL_FILE, TrialBase, ema_update
+from gat_core.trial import MODEL_FILE, TrialBase, ema_update, resolve_device
 from gat_core.vfm import REPAHead, VFMTeacher, alignment_loss
 
 RESULT_FILE = "result.json"
@@ -202,6 +203,9 @@ class Trainer(TrialBase):
         self.opt_d.load_state_dict(state["opt_d"])
         self.load_progress_state(state)
 
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.G, self.D, self.G_ema, *([self.repa_head] if self.repa_head else [])]
+
     def model_state(self) -> dict:
         return {"G_ema": self.G_ema.state_dict()}
 
@@ -239,32 +243,51 @@ def _mean_logs(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
     return {k: float(v) / count for k, v in sums.items()}
 
 
+def _saved_result(result_file: Path, workdir: Path) -> TrainResult | None:
+    if not result_file.exists():
+        return None
+    saved = json.loads(result_file.read_text())
+    return TrainResult(status=saved["status"], step=saved["step"], metrics=saved["metrics"],
+                       reason=saved.get("reason", ""), model_path=workdir / MODEL_FILE)
+
+
 def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_dir: Path | None = None,
           resume_from: Path | None = None) -> TrainResult:
     """Run (or continue) one trial in `workdir`; returns how it ended.
 
     A finished trial (its result file exists) returns at once; otherwise training continues from
     `resume_from` or the newest readable checkpoint in `workdir/checkpoints`.
+
+    Data-parallel (a torch.distributed process group is set up): every worker calls this with the
+    same arguments and gets the same sequence of events; the main worker (rank 0) alone evaluates,
+    writes checkpoints, samples and the result, so the others' events carry no metrics or paths.
     """
     workdir = Path(workdir)
     report = report or (lambda event: None)
     result_file = workdir / RESULT_FILE
-    if result_file.exists():
-        saved = json.loads(result_file.read_text())
-        return TrainResult(status=saved["status"], step=saved["step"], metrics=saved["metrics"],
-                           reason=saved.get("reason", ""), model_path=workdir / MODEL_FILE)
+    dp, device = DataParallel.current(), resolve_device(cfg.train.device)
+    if dp.any(result_file.exists(), device):
+        return _saved_result(result_file, workdir) or TrainResult("completed", 0, {}, "finished on the main worker")
 
     began = time.perf_counter()
     trainer = make_trainer(cfg, workdir, cache_dir)
     state = ckpt.load(resume_from) if resume_from else ckpt.load_latest(workdir / "checkpoints")
     if state is not None:
         trainer.load_state_dict(state)
-    accuracy = trainer.prepare_eval()
+    dp.check_same("the step to resume from", trainer.step, device)
+    if dp.enabled:  # same weights everywhere, but each worker draws its own noise
+        torch.manual_seed(dp.noise_seed(cfg.train.seed, trainer.step))
+    main = dp.is_main
+    accuracy = trainer.prepare_eval() if main else math.nan
     total, t, e = trainer.total_steps, cfg.train, cfg.eval
+
+    def evaluation(num_samples: int) -> dict[str, float]:
+        return {**trainer.evaluate(num_samples), "train_flops": trainer.train_flops()} if main else {}
+
     start = {"classifier_accuracy": accuracy, **({"resumed_from_step": float(trainer.step)} if trainer.step else {})}
-    report(TrainEvent("start", trainer.step, total, start))
+    report(TrainEvent("start", trainer.step, total, start if main else {}))
     if trainer.step == 0:
-        report(TrainEvent("eval", 0, total, {**trainer.evaluate(e.num_samples), "train_flops": 0.0}))
+        report(TrainEvent("eval", 0, total, evaluation(e.num_samples)))
 
     sums: dict[str, torch.Tensor] = {}
     count, tic = 0, time.perf_counter()
@@ -278,7 +301,7 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
         count += 1
         step = trainer.step
         if logs_now:
-            metrics = {**_mean_logs(sums, count), **trainer.probe_after(before)}
+            metrics = {**_mean_logs(dp.average(sums), count), **trainer.probe_after(before)}
             elapsed = time.perf_counter() - tic
             metrics.update(train_flops=trainer.train_flops(), sec_per_step=elapsed / count, **trainer.learning_rates(),
                            macs_per_sec=trainer.cost.macs_per_sample_iter * t.batch_size * count / elapsed)
@@ -288,21 +311,25 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
             report(TrainEvent("progress", step, total, metrics))
             sums, count, tic = {}, 0, time.perf_counter()
         if step % e.interval == 0 and step < total:
-            grid = trainer.sample_grid(workdir / "samples" / f"step-{step:09d}.png")
-            report(TrainEvent("eval", step, total, {**trainer.evaluate(e.num_samples), "train_flops": trainer.train_flops()},
-                              artifacts={"samples": grid}))
+            grid = {"samples": trainer.sample_grid(workdir / "samples" / f"step-{step:09d}.png")} if main else {}
+            report(TrainEvent("eval", step, total, evaluation(e.num_samples), artifacts=grid))
         if step % t.checkpoint_every == 0 and step < total:
-            trainer.save_checkpoint()
-            report(TrainEvent("checkpoint", step, total, checkpoint_dir=workdir / "checkpoints"))
+            dp.check_in_sync(*trainer.networks(), device=device)
+            if main:
+                trainer.save_checkpoint()
+            report(TrainEvent("checkpoint", step, total, checkpoint_dir=workdir / "checkpoints" if main else None))
 
     metrics = {**trainer.final_evaluate(e.final_samples), "train_flops": trainer.train_flops(),
-               "trial_seconds": time.perf_counter() - began}  # this attempt, setup and evaluations included
+               "trial_seconds": time.perf_counter() - began} if main else {}  # this attempt, setup and evaluations included
     return _finish(trainer, report, "completed", metrics)
 
 
 def _finish(trainer: TrialBase, report: Report, status: Literal["completed", "diverged"],
             metrics: dict[str, float], reason: str = "") -> TrainResult:
     """Final checkpoint, model file, sample grid and result marker; then the final event."""
+    if not trainer.dp.is_main:
+        report(TrainEvent("final", trainer.step, trainer.total_steps))
+        return TrainResult(status=status, step=trainer.step, metrics={}, reason=reason)
     workdir = trainer.workdir
     trainer.save_checkpoint()
     model_path = trainer.save_model()

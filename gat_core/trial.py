@@ -20,6 +20,7 @@ from torch import nn
 from gat_core import checkpoint as ckpt
 from gat_core.config import TrialConfig
 from gat_core.data import BatchSampler, load_dataset
+from gat_core.distributed import DataParallel
 from gat_core.latents import LatentData, LatentDecoder, LatentSampler, load_latents
 from gat_core.metrics.evaluator import build_evaluator
 from gat_core.samples import save_sample_grid
@@ -77,7 +78,9 @@ class TrialBase(ABC):
         self.device = resolve_device(t.device)
         bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-        torch.manual_seed(t.seed)
+        self.dp = DataParallel.current()  # one worker unless a launcher set up a process group
+        self.dp.local_batch(t.batch_size)  # fails early, naming the field, when the batch does not split
+        torch.manual_seed(t.seed)  # the same on every worker: identical initial weights
         self._setup_data()
 
     def _setup_data(self) -> None:
@@ -87,14 +90,14 @@ class TrialBase(ABC):
         self.decode: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
         if data_cfg.latents is None:
             self.dataset = load_dataset(data_cfg)
-            self.sampler = BatchSampler(self.dataset, t.batch_size, seed=t.seed, device=self.device)
+            self.sampler = BatchSampler(self.dataset, t.batch_size, seed=t.seed, device=self.device, shard=self.dp.shard)
             return
         self.latent = load_latents(data_cfg.latents)
         if self.latent.pixels is None:
             raise ValueError(f"dataset.latents: {data_cfg.latents} was encoded without its images, which the "
                              "metrics need; encode it again with --keep-images")
         self.dataset = self.latent.pixels
-        self.sampler = LatentSampler(self.latent, t.batch_size, seed=t.seed, device=self.device)
+        self.sampler = LatentSampler(self.latent, t.batch_size, seed=t.seed, device=self.device, shard=self.dp.shard)
         self.decode = LatentDecoder(self.cfg.eval.vae or self.latent.meta["vae"], self.latent.scaling_factor,
                                     self.device, out_channels=self.dataset.channels)
 
@@ -111,8 +114,10 @@ class TrialBase(ABC):
 
     # --- training helpers ---------------------------------------------------------------------
     def optimise(self, opt: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor) -> None:
+        """Backward, gradients averaged over data-parallel workers, clipping, step."""
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.dp.average_gradients(p for group in opt.param_groups for p in group["params"])
         if self.cfg.train.grad_clip:
             nn.utils.clip_grad_norm_(net.parameters(), self.cfg.train.grad_clip)
         opt.step()
@@ -207,6 +212,10 @@ class TrialBase(ABC):
         path = ckpt.save_atomic(self.state_dict(), ckpt.step_path(folder, self.step))
         ckpt.prune(folder, KEEP_CHECKPOINTS)
         return path
+
+    @abstractmethod
+    def networks(self) -> list[nn.Module]:
+        """The trained networks (what data-parallel workers must keep identical)."""
 
     @abstractmethod
     def model_state(self) -> dict:

@@ -7,10 +7,12 @@ continue from their newest checkpoint, in their existing child run.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +45,84 @@ def _newest_checkpoint(*folders: Path) -> Path | None:
 
 def run_trial(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[str, str], tracking_uri: str,
               out_dir: str, cpus: float) -> None:
-    """Ray Tune function trainable: one trial from (re)start to its final report."""
-    import torch
+    """Ray Tune function trainable: one single-worker trial from (re)start to its final report."""
     from ray import tune
+
+    def publish(metrics: dict[str, Any], folder: Path | None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder else None)
+
+    trial_id = config["trial_id"]
+    _attempt(trial_id, trials[trial_id], run_ids[trial_id], tracking_uri=tracking_uri, out_dir=out_dir, cpus=cpus,
+             restored=tune.get_checkpoint(), publish=publish)
+
+
+def run_trial_data_parallel(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[str, str],
+                            tracking_uri: str, out_dir: str, cpus: float, gpus: float, workers: int,
+                            max_failures: int, storage: str, local: bool) -> None:
+    """Ray Tune function trainable of a multi-worker trial: a Ray Train TorchTrainer (gloo on CPU, NCCL on GPU)
+    whose workers each run the trial on their slice of every batch; rank 0's reports reach Tune and MLflow.
+
+    Ray Train restarts a failed worker group from the trial's newest persisted checkpoint.  On the embedded
+    local Ray (`local`) the workers meet through a file and gloo stays on loopback: nothing listens outside.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator.loopback_backend import LoopbackTorchConfig
+
+    trial_id = config["trial_id"]
+    per_worker = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    backend = "nccl" if gpus else "gloo"
+    torch_config = (LoopbackTorchConfig(backend=backend, store_dir=str(Path(out_dir) / "trials" / trial_id / "rendezvous"))
+                    if local else TorchConfig(backend=backend))
+    trainer = TorchTrainer(
+        _data_parallel_worker,
+        train_loop_config={"trial_id": trial_id, "config_json": trials[trial_id], "run_id": run_ids[trial_id],
+                           "tracking_uri": tracking_uri, "out_dir": out_dir, "cpus": cpus},
+        torch_config=torch_config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
+        run_config=RunConfig(name=f"trial-{trial_id}", storage_path=storage, callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    )
+    trainer.fit()
+
+
+def _data_parallel_worker(loop: dict[str, Any]) -> None:
+    """One Ray Train worker of a data-parallel trial; the process group is already set up."""
+    import ray.train
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+
+    def publish(metrics: dict[str, Any], folder: Path | None) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)) if folder else None)
+
+    cfg = json.loads(loop["config_json"])
+    batch = cfg.get("train", {}).get("batch_size")
+    _attempt(loop["trial_id"], loop["config_json"], loop["run_id"], tracking_uri=loop["tracking_uri"],
+             out_dir=loop["out_dir"], cpus=loop["cpus"], restored=ray.train.get_checkpoint(), publish=publish,
+             rank=rank, tags={"workers": str(world), "effective_batch_size": str(batch),
+                              "per_worker_batch_size": str(batch // world), "dp_backend": _dist_backend()})
+
+
+def _dist_backend() -> str:
+    import torch.distributed as dist
+
+    return dist.get_backend() if dist.is_initialized() else ""
+
+
+Publish = Callable[[dict[str, Any], "Path | None"], None]
+
+
+def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str, out_dir: str, cpus: float,
+             restored: Any, publish: Publish, rank: int = 0, tags: dict[str, str] | None = None) -> None:
+    """One attempt of one trial (one worker's part of it when data-parallel): resume, train, log.
+
+    Rank 0 logs to MLflow; every worker publishes the same sequence of reports (Ray Train needs that).
+    """
+    import torch
 
     from gat_core.config import TrialConfig
     from gat_core.train import TrainEvent, train
@@ -54,23 +131,23 @@ def run_trial(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[s
     # a tracking server that is down must not stall training: fail fast, TrialLogger keeps and retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    trial_id = config["trial_id"]
-    cfg = TrialConfig.model_validate_json(trials[trial_id])
+    cfg = TrialConfig.model_validate_json(config_json)
     workdir = Path(out_dir) / "trials" / trial_id
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "worker.pid").write_text(str(os.getpid()))  # which process trains this trial now
-    logger = TrialLogger(tracking_uri, run_ids[trial_id])
-    import ray
+    logger = None
+    if rank == 0:
+        (workdir / "worker.pid").write_text(str(os.getpid()))  # which process trains this trial now
+        import ray
 
-    logger.start(node=ray.get_runtime_context().get_node_id())
+        logger = TrialLogger(tracking_uri, run_id)
+        logger.start(node=ray.get_runtime_context().get_node_id(), tags=tags)
 
     resume_from = None
-    restored = tune.get_checkpoint()
     if restored is not None:  # Ray restarted this trial: its persisted checkpoint may be the newest
         with restored.as_directory() as folder:
             newest = _newest_checkpoint(Path(folder), workdir / "checkpoints")
             if newest is not None and newest.parent != workdir / "checkpoints":
-                resume_from = workdir / "restored" / newest.name
+                resume_from = workdir / "restored" / f"rank{rank}" / newest.name
                 resume_from.parent.mkdir(parents=True, exist_ok=True)
                 resume_from.write_bytes(newest.read_bytes())
 
@@ -79,26 +156,27 @@ def run_trial(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[s
     def report(event: TrainEvent) -> None:
         nonlocal reported_final
         reported_final = reported_final or event.kind == "final"
-        if event.metrics:
-            logger.log(event.step, event.metrics, always=event.kind == "start")
-        for name, path in event.artifacts.items():
-            if name == "samples":
-                logger.artifact(path, "samples")
-        if event.kind == "final":
-            logger.flush()
-            logger.artifact(event.artifacts["model"], "model")
-        checkpoint = None
-        if event.kind == "checkpoint" and event.checkpoint_dir is not None:
-            logger.flush()  # metrics up to a checkpoint are never lost with the process
-            checkpoint = tune.Checkpoint.from_directory(str(event.checkpoint_dir))
-        tune.report({"step": event.step, "total_steps": event.total_steps, "kind": event.kind, **event.metrics},
-                    checkpoint=checkpoint)
+        folder = event.checkpoint_dir if event.kind == "checkpoint" else None
+        if logger is not None:
+            if event.metrics:
+                logger.log(event.step, event.metrics, always=event.kind == "start")
+            if "samples" in event.artifacts:
+                logger.artifact(event.artifacts["samples"], "samples")
+            if event.kind == "final":
+                logger.flush()
+                logger.artifact(event.artifacts["model"], "model")
+            if folder is not None:
+                logger.flush()  # metrics up to a checkpoint are never lost with the process
+        publish({"step": event.step, "total_steps": event.total_steps, "kind": event.kind, **event.metrics}, folder)
 
     try:
         result = train(cfg, workdir, report, cache_dir=Path(out_dir) / "cache", resume_from=resume_from)
     except Exception as exc:
-        logger.finish("failed", -1, reason=f"{type(exc).__name__}: {exc}")
+        if logger is not None:
+            logger.finish("failed", -1, reason=f"{type(exc).__name__}: {exc}")
         raise
+    if logger is None:
+        return
     if not reported_final:  # finished in an earlier attempt whose last writes may not have reached MLflow
         logger.log(result.step, result.metrics)
     logger.finish(result.status, result.step, result.reason)
@@ -166,10 +244,16 @@ def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path,
 
     res = study.config.resources
     init_ray(address, dashboard, num_cpus)
-    trainable = tune.with_parameters(
-        run_trial, trials={t.trial_id: t.config.model_dump_json() for t in todo}, run_ids=run_ids,
-        tracking_uri=uri, out_dir=str(out), cpus=res.cpus_per_trial)
-    trainable = tune.with_resources(trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    common = dict(trials={t.trial_id: t.config.model_dump_json() for t in todo}, run_ids=run_ids,
+                  tracking_uri=uri, out_dir=str(out), cpus=res.cpus_per_trial)
+    if res.workers > 1:  # the Tune trial only drives its Ray Train workers, which hold the CPUs and GPUs
+        trainable = tune.with_parameters(run_trial_data_parallel, **common, gpus=res.gpus_per_trial,
+                                         workers=res.workers, max_failures=res.max_failures, storage=storage,
+                                         local=address is None and not os.environ.get("RAY_ADDRESS"))
+        trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 1})
+    else:
+        trainable = tune.with_resources(tune.with_parameters(run_trial, **common),
+                                        {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     names = {t.trial_id: t.name for t in todo}
     tuner = tune.Tuner(
         trainable,

@@ -36,8 +36,10 @@ class StudyError(ValueError):
 class ResourcesConfig(StrictModel):
     """What one trial may use, and how many trials run at once."""
 
-    cpus_per_trial: float = Field(1.0, gt=0)
-    gpus_per_trial: float = Field(0.0, ge=0)
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs of one trial (of each worker when workers > 1).")
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs of one trial (of each worker when workers > 1).")
+    workers: int = Field(1, ge=1, description="Data-parallel workers per trial (Ray Train; gloo on CPU, NCCL on "
+                         "GPU); each takes train.batch_size / workers of every batch.")
     max_concurrent: int | None = Field(None, ge=1, description="Trials at once (default: as many as the resources allow).")
     max_failures: int = Field(2, ge=0, description="Restarts of a crashed trial from its checkpoint.")
 
@@ -260,6 +262,10 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
             problems += [f"{line} [grid point {index}: {label}]" for line in _format_errors(exc, where)]
             continue
         problems += [f"{where}: {line}" for line in missing_weights(trial_cfg)]
+        workers = config.resources.workers
+        if trial_cfg.train.batch_size % workers:
+            problems.append(f"{where}: train.batch_size: {trial_cfg.train.batch_size} does not split over "
+                            f"resources.workers = {workers} data-parallel workers [grid point {index}: {_slug(point)}]")
         trial_id = trial_hash(trial_cfg)
         if trial_id in seen:
             problems.append(f"{where}: grid: grid points {seen[trial_id]} and {index} give the same trial ({_slug(point)})")

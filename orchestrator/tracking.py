@@ -165,8 +165,8 @@ class TrialLogger:
         self.skip_through = self.logged_through  # steps an earlier attempt of this trial already logged
         self.pending_through = self.logged_through
 
-    def start(self, node: str = "") -> None:
-        self._tags({"status": "running", **({"ray_node": node} if node else {})})
+    def start(self, node: str = "", tags: dict[str, str] | None = None) -> None:
+        self._tags({"status": "running", **({"ray_node": node} if node else {}), **(tags or {})})
         try:
             self.client.update_run(self.run_id, status="RUNNING")
         except Exception as exc:

@@ -8,6 +8,8 @@ accepts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -27,7 +29,8 @@ class BatchSampler:
     dataset is smaller than a batch.
     """
 
-    def __init__(self, dataset: ImageDataset, batch_size: int, seed: int, device: str | torch.device = "cpu") -> None:
+    def __init__(self, dataset: ImageDataset, batch_size: int, seed: int, device: str | torch.device = "cpu",
+                 shard: Callable[[Tensor], Tensor] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
         if len(dataset) == 0:
@@ -40,6 +43,8 @@ class BatchSampler:
         self._epoch = 0
         self._position = 0
         self._permutation = torch.randperm(len(dataset), generator=self._generator)
+        # data parallelism: every worker walks the same global batches and keeps its own slice of each
+        self._shard = shard or (lambda indices: indices)
 
     @property
     def epoch(self) -> int:
@@ -62,12 +67,13 @@ class BatchSampler:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def next_indices(self) -> Tensor:
-        """Dataset indices of the next batch (for callers that gather more than images and labels)."""
-        return self._indices()
+        """Dataset indices of the next batch, this worker's slice of it (for callers that gather more than
+        images and labels)."""
+        return self._shard(self._indices())
 
     def next(self) -> tuple[Tensor, Tensor]:
         """The next batch: images [B, C, H, W] and labels [B] on the sampler's device."""
-        idx = self._indices()
+        idx = self.next_indices()
         images = self.dataset.images[idx].to(self.device, non_blocking=True)
         labels = self.dataset.labels[idx].to(self.device, non_blocking=True)
         return images, labels
