@@ -134,9 +134,10 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
     cfg = TrialConfig.model_validate_json(config_json)
     workdir = Path(out_dir) / "trials" / trial_id
     workdir.mkdir(parents=True, exist_ok=True)
+    # which process trains this trial now (each data-parallel worker writes its own)
+    (workdir / ("worker.pid" if rank == 0 else f"worker-rank{rank}.pid")).write_text(str(os.getpid()))
     logger = None
     if rank == 0:
-        (workdir / "worker.pid").write_text(str(os.getpid()))  # which process trains this trial now
         import ray
 
         logger = TrialLogger(tracking_uri, run_id)

@@ -101,11 +101,11 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator.cli", *args]
 
 
-def start_one_trial_study(tmp_path: Path, name: str, max_failures: int = 0):
+def start_one_trial_study(tmp_path: Path, name: str, max_failures: int = 0, workers: int = 1):
     """`gat-study run` of a one-trial, 40-step study in a subprocess, returned once it checkpointed step >= 8."""
     spec = tiny_study(name, tmp_path / "out", steps=40, checkpoint_every=4, log_every=2)
     spec["eval"]["interval"] = 20
-    spec["resources"]["max_failures"] = max_failures
+    spec["resources"].update(max_failures=max_failures, workers=workers)
     spec["grid"] = {"train.seed": [0]}
     path = write_study(tmp_path / "study.yaml", spec)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
