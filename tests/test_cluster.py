@@ -70,3 +70,15 @@ def test_study_finishes_after_a_worker_node_is_removed(tmp_path, two_nodes):
         assert steps == list(range(2, 31, 2))
     resumed = [o for o in outcomes if client.get_metric_history(o.run_id, "resumed_from_step")]
     assert len(resumed) == 1  # the trial of the removed node, and only it, restarted from a checkpoint
+
+
+def test_data_parallel_trial_spans_both_nodes(tmp_path, two_nodes):
+    """Two workers with one CPU each on two one-CPU nodes: one worker per node, Ray Train's TCP rendezvous."""
+    spec = tiny_study("spread", tmp_path / "out", steps=6)
+    spec["resources"]["workers"] = 2
+    study = load_study(write_study(tmp_path / "study.yaml", spec))
+    (outcome,) = run_study(study, address=two_nodes.address, storage=str(tmp_path / "shared"), quiet=True)
+    assert outcome.status == "completed" and outcome.step == 6
+    tags = MlflowClient(study.config.tracking_uri).get_run(outcome.run_id).data.tags
+    assert (tags["workers"], tags["per_worker_batch_size"], tags["dp_backend"]) == ("2", "4", "gloo")
+    assert list((tmp_path / "shared").glob("trial-*/checkpoint_*"))  # Ray Train persisted the checkpoints there
