@@ -21,6 +21,8 @@ from torch import Tensor
 
 from gat_core.checkpoint import read, save_atomic
 from gat_core.data import BatchSampler, ImageDataset
+from gat_core.data.dataset import quantize_uint8
+from gat_core.data.folder import load_files, scan_folder
 from gat_core.weights import resolve_local
 
 META_FILE = "meta.json"
@@ -47,39 +49,96 @@ def _write_meta(out: Path, meta: dict[str, Any]) -> None:
     os.replace(tmp, out / META_FILE)
 
 
+@dataclass(frozen=True)
+class EncodeSource:
+    """What an encode reads, a chunk at a time, so that memory holds one shard and not the dataset."""
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    resolution: int
+    channels: int
+    num_items: int  # images (or files, some of which may turn out unreadable)
+    read: Callable[[int, int], tuple[Tensor, Tensor, list[str]]]  # items [start, stop) -> images, labels, skipped
+
+
+def memory_source(dataset: ImageDataset) -> EncodeSource:
+    return EncodeSource(dataset.name, dataset.num_classes, tuple(dataset.class_names), dataset.resolution,
+                        dataset.channels, len(dataset),
+                        lambda start, stop: (dataset.images[start:stop], dataset.labels[start:stop], []))
+
+
+def folder_source(root: Path, resolution: int) -> EncodeSource:
+    """An image folder read file by file: ImageNet-sized folders never have to fit in memory."""
+    root = Path(root)
+    files, classes = scan_folder(root)
+    return EncodeSource(root.name, len(classes), classes, resolution, 3, len(files),
+                        lambda start, stop: load_files(files[start:stop], resolution))
+
+
+def _encode_chunk(vae, images: Tensor, batch_size: int, device: str | torch.device) -> Tensor:
+    moments = []
+    for i in range(0, len(images), batch_size):
+        batch = images[i:i + batch_size].to(device)
+        if batch.shape[1] == 1 and vae.config.in_channels == 3:
+            batch = batch.expand(-1, 3, -1, -1)
+        dist = vae.encode(batch).latent_dist
+        moments.append(torch.cat([dist.mean, dist.std], dim=1).float().cpu())
+    return torch.cat(moments)
+
+
+def _resumable(out: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The metadata of an earlier encode of the same source with the same VAE into `out`, if any."""
+    try:
+        old = json.loads((out / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = ("source", "vae", "image_resolution", "shard_size", "keep_images", "num_items")
+    if any(old.get(k) != meta[k] for k in same):
+        raise ValueError(f"--out: {out} holds an encode of something else ({old.get('source')} with {old.get('vae')}); "
+                         "choose another folder or delete it")
+    return old
+
+
 @torch.no_grad()
-def encode_dataset(dataset: ImageDataset, vae_path: Path, out: Path, *, batch_size: int = 64, shard_size: int = 4096,
-                   keep_images: bool = True, source: dict[str, Any] | None = None,
+def encode_dataset(source: ImageDataset | EncodeSource, vae_path: Path, out: Path, *, batch_size: int = 64,
+                   shard_size: int = 4096, keep_images: bool = True, config: dict[str, Any] | None = None,
                    device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Encode every image to its posterior moments; returns the metadata written to `out/meta.json`."""
+    """Encode every image to its posterior moments, one shard at a time; returns the metadata written to
+    `out/meta.json`.  Run it again after an interruption and it continues after the last complete shard;
+    unreadable files are skipped and listed in the metadata (`skipped`)."""
+    if isinstance(source, ImageDataset):
+        source = memory_source(source)
     vae = load_vae(vae_path, "--vae", device)
     out.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
-        "source": source or {"name": dataset.name}, "vae": str(Path(vae_path).resolve()),
+        "source": config or {"name": source.name}, "vae": str(Path(vae_path).resolve()),
         "scaling_factor": float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215),
-        "num_classes": dataset.num_classes, "class_names": list(dataset.class_names),
-        "image_resolution": dataset.resolution, "image_channels": dataset.channels,
-        "num_images": 0, "shards": [], "complete": False,
+        "num_classes": source.num_classes, "class_names": list(source.class_names),
+        "image_resolution": source.resolution, "image_channels": source.channels,
+        "shard_size": shard_size, "keep_images": keep_images, "num_items": source.num_items,
+        "items_done": 0, "num_images": 0, "shards": [], "skipped": [], "complete": False,
     }
-    for start in range(0, len(dataset), shard_size):
-        images, labels = dataset.images[start:start + shard_size], dataset.labels[start:start + shard_size]
-        moments = []
-        for i in range(0, len(images), batch_size):
-            batch = images[i:i + batch_size].to(device)
-            if batch.shape[1] == 1 and vae.config.in_channels == 3:
-                batch = batch.expand(-1, 3, -1, -1)
-            dist = vae.encode(batch).latent_dist
-            moments.append(torch.cat([dist.mean, dist.std], dim=1).float().cpu())
-        shard = {"moments": torch.cat(moments), "labels": labels.clone()}
-        if keep_images:
-            shard["images"] = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        name = f"shard-{len(meta['shards']):05d}.pt"
-        save_atomic(shard, out / name)
-        meta["shards"].append(name)
-        meta["num_images"] += len(labels)
-        meta["latent_channels"] = shard["moments"].shape[1] // 2
-        meta["latent_resolution"] = shard["moments"].shape[-1]
-        _write_meta(out, meta)
+    meta = _resumable(out, meta) or meta
+    if meta["complete"]:
+        return meta
+    for start in range(meta["items_done"], source.num_items, shard_size):
+        images, labels, skipped = source.read(start, min(start + shard_size, source.num_items))
+        meta["skipped"] += skipped
+        if len(labels):
+            shard = {"moments": _encode_chunk(vae, images, batch_size, device), "labels": labels.clone()}
+            if keep_images:
+                shard["images"] = quantize_uint8(images)
+            name = f"shard-{len(meta['shards']):05d}.pt"
+            save_atomic(shard, out / name)
+            meta["shards"].append(name)
+            meta["num_images"] += len(labels)
+            meta["latent_channels"] = shard["moments"].shape[1] // 2
+            meta["latent_resolution"] = shard["moments"].shape[-1]
+        meta["items_done"] = min(start + shard_size, source.num_items)
+        _write_meta(out, meta)  # after the shard: a crash loses at most the shard being written
+    if not meta["num_images"]:
+        raise ValueError(f"encode: no readable images among the {source.num_items} of {source.name}")
     meta["complete"] = True
     _write_meta(out, meta)
     return meta

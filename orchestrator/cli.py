@@ -61,17 +61,25 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     from gat_core.config import DataConfig
     from gat_core.data import load_dataset
-    from gat_core.latents import encode_dataset
+    from gat_core.latents import encode_dataset, folder_source, memory_source
 
     data_cfg = DataConfig(name=args.dataset, resolution=args.resolution, path=args.path,
                           **({"size": args.size} if args.size else {}))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        dataset = load_dataset(data_cfg)
-    for w in caught:
-        print(f"skipped: {w.message}", file=sys.stderr)
-    meta = encode_dataset(dataset, args.vae, args.out, batch_size=args.batch_size, keep_images=not args.no_images,
-                          source=data_cfg.model_dump(mode="json"))
+    if data_cfg.name == "folder":  # read file by file: the folder need not fit in memory
+        source = folder_source(data_cfg.path, data_cfg.resolution)
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            source = memory_source(load_dataset(data_cfg))
+        for w in caught:
+            print(f"skipped: {w.message}", file=sys.stderr)
+    meta = encode_dataset(source, args.vae, args.out, batch_size=args.batch_size, keep_images=not args.no_images,
+                          config=data_cfg.model_dump(mode="json"))
+    for note in meta["skipped"][:10]:
+        print(f"skipped unreadable file: {note}", file=sys.stderr)
+    if len(meta["skipped"]) > 10:
+        print(f"skipped {len(meta['skipped']) - 10} more unreadable files (all listed in {args.out}/meta.json)",
+              file=sys.stderr)
     print(f"encoded {meta['num_images']} images of {args.dataset} into {len(meta['shards'])} shards in {args.out}: "
           f"latents {meta['latent_channels']}x{meta['latent_resolution']}x{meta['latent_resolution']}, "
           f"scaling factor {meta['scaling_factor']}; train on them with dataset.latents: {args.out}")

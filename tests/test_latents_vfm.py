@@ -95,6 +95,42 @@ def test_encode_cli(tiny_vae, tmp_path, capsys):
     assert "weights folder" in capsys.readouterr().err
 
 
+def test_folder_encode_streams_skips_unreadable_files_and_resumes(tiny_vae, tmp_path):
+    """Encode reads a folder a shard at a time, lists unreadable files, and continues after a crash."""
+    from dataclasses import replace
+
+    from gat_core.data.folder import load_folder
+    from gat_core.latents import folder_source
+    from tests.test_data import make_folder
+
+    root = make_folder(tmp_path / "images")  # 11 files, 2 of them unreadable
+    source = folder_source(root, 8)
+    chunks: list[int] = []
+
+    def crashing_read(start: int, stop: int):
+        chunks.append(stop - start)
+        if start >= 8:
+            raise RuntimeError("power cut")
+        return source.read(start, stop)
+
+    out = tmp_path / "latents"
+    with pytest.raises(RuntimeError, match="power cut"):
+        encode_dataset(replace(source, read=crashing_read), tiny_vae, out, batch_size=2, shard_size=4)
+    assert max(chunks) <= 4  # never more than a shard of images in memory
+    partial = __import__("json").loads((out / "meta.json").read_text())
+    assert not partial["complete"] and partial["items_done"] == 8 and len(partial["shards"]) == 2
+    first = (out / "shard-00000.pt").stat().st_mtime_ns
+
+    meta = encode_dataset(source, tiny_vae, out, batch_size=2, shard_size=4)  # the same command again
+    assert meta["complete"] and meta["num_images"] == 9 and (out / "shard-00000.pt").stat().st_mtime_ns == first
+    assert sorted(Path(n.split(" (")[0]).name for n in meta["skipped"]) == ["garbage.jpg", "truncated.png"]
+    data = load_latents(out)
+    _, labels, classes = load_folder(root, 8)
+    assert torch.equal(data.moments.labels, labels) and tuple(meta["class_names"]) == classes
+    with pytest.raises(ValueError, match="holds an encode of something else"):
+        encode_dataset(folder_source(root, 16), tiny_vae, out, shard_size=4)
+
+
 def _trial(encoded: Path | None, dino: Path | None) -> TrialConfig:
     train = {"steps": 2, "batch_size": 4, "augment": ["translation", "flip"]}
     if dino is not None:

@@ -35,43 +35,56 @@ def _load_square(file: Path, resolution: int) -> np.ndarray:
     return adm_center_crop(im, resolution)
 
 
+def scan_folder(root: Path) -> tuple[list[tuple[Path, int]], tuple[str, ...]]:
+    """(file, label) of every file in the class subfolders, in a fixed order, and the class names."""
+    if not root.is_dir():
+        raise DatasetError(f"dataset.path: folder {root} does not exist or is not a directory")
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if not classes:
+        raise DatasetError(f"dataset.path: folder {root} has no class subfolders (expected one subfolder per class)")
+    files = [(file, label) for label, name in enumerate(classes)
+             for file in sorted(p for p in (root / name).iterdir() if p.is_file() and not p.name.startswith("."))]
+    return files, classes
+
+
+def load_files(files: list[tuple[Path, int]], resolution: int) -> tuple[Tensor, Tensor, list[str]]:
+    """Images [n, 3, R, R] in [-1, 1] and labels of the readable files, and a note on each skipped one."""
+    pixels: list[np.ndarray] = []
+    labels: list[int] = []
+    skipped: list[str] = []
+    for file, label in files:
+        try:
+            pixels.append(_load_square(file, resolution))
+        except Exception as err:  # any decoder failure of one file: skip it, report it
+            skipped.append(f"{file} ({type(err).__name__}: {err})")
+            continue
+        labels.append(label)
+    if not pixels:
+        return torch.empty(0, 3, resolution, resolution), torch.empty(0, dtype=torch.int64), skipped
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return images.contiguous(), torch.tensor(labels, dtype=torch.int64), skipped
+
+
+def warn_skipped(root: Path, skipped: list[str]) -> None:
+    """One warning naming the unreadable files (the first few of them)."""
+    if skipped:
+        named = "; ".join(skipped[:_MAX_NAMED])
+        more = f"; and {len(skipped) - _MAX_NAMED} more" if len(skipped) > _MAX_NAMED else ""
+        warnings.warn(f"dataset {root}: skipped {len(skipped)} unreadable file(s): {named}{more}", stacklevel=3)
+
+
 def load_folder(root: Path, resolution: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     """Images [N, 3, R, R] in [-1, 1], labels, and class names (sorted subfolder names).
 
     Unreadable files are skipped and reported in one warning naming them, so a
     single corrupt download does not cost a whole study.
     """
-    if not root.is_dir():
-        raise DatasetError(f"dataset.path: folder {root} does not exist or is not a directory")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DatasetError(f"dataset.path: folder {root} has no class subfolders (expected one subfolder per class)")
-
-    pixels: list[np.ndarray] = []
-    labels: list[int] = []
-    skipped: list[str] = []
-    empty: list[str] = []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.is_file() and not p.name.startswith("."))
-        before = len(pixels)
-        for file in files:
-            try:
-                pixels.append(_load_square(file, resolution))
-            except Exception as err:  # any decoder failure of one file: skip it, report below
-                skipped.append(f"{file} ({type(err).__name__}: {err})")
-                continue
-            labels.append(label)
-        if len(pixels) == before:
-            empty.append(name)
-
-    if skipped:
-        named = "; ".join(skipped[:_MAX_NAMED])
-        more = f"; and {len(skipped) - _MAX_NAMED} more" if len(skipped) > _MAX_NAMED else ""
-        warnings.warn(f"dataset {root}: skipped {len(skipped)} unreadable file(s): {named}{more}", stacklevel=3)
-    if not pixels:
-        raise DatasetError(f"dataset.path: folder {root} has no readable images in its class subfolders {classes}")
+    files, classes = scan_folder(root)
+    images, labels, skipped = load_files(files, resolution)
+    warn_skipped(root, skipped)
+    if not len(labels):
+        raise DatasetError(f"dataset.path: folder {root} has no readable images in its class subfolders {list(classes)}")
+    empty = [name for i, name in enumerate(classes) if not (labels == i).any()]
     if empty:
         warnings.warn(f"dataset {root}: class subfolder(s) without readable images: {empty}", stacklevel=3)
-
-    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return images.contiguous(), torch.tensor(labels, dtype=torch.int64), tuple(classes)
+    return images, labels, classes
