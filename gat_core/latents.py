@@ -167,10 +167,30 @@ class LatentData:
     meta: dict[str, Any]
 
 
+def _checked_shard(path: Path, meta: dict[str, Any]) -> dict[str, Tensor]:
+    """A latent shard, checked against meta.json: ValueError naming the file and what is wrong."""
+    shard = read(path, what="latent shard")
+    if not isinstance(shard, dict) or not isinstance(shard.get("moments"), Tensor) or not isinstance(shard.get("labels"), Tensor):
+        raise ValueError(f"dataset.latents: {path} is not a latent shard (expected 'moments' and 'labels' tensors)")
+    moments, labels = shard["moments"], shard["labels"]
+    c, r = meta.get("latent_channels"), meta.get("latent_resolution")
+    if moments.ndim != 4 or tuple(moments.shape[1:]) != (2 * c, r, r):
+        raise ValueError(f"dataset.latents: {path} holds moments of shape {tuple(moments.shape)}; meta.json says "
+                         f"[N, {2 * c}, {r}, {r}] (mean and std of {c}x{r}x{r} latents)")
+    if labels.shape != (moments.shape[0],):
+        raise ValueError(f"dataset.latents: {path} has {tuple(labels.shape)} labels for {moments.shape[0]} latents")
+    images = shard.get("images")
+    res, ch = meta.get("image_resolution"), meta.get("image_channels")
+    if images is not None and (images.dtype != torch.uint8 or tuple(images.shape) != (moments.shape[0], ch, res, res)):
+        raise ValueError(f"dataset.latents: {path} holds images {images.dtype} {tuple(images.shape)}; expected uint8 "
+                         f"[{moments.shape[0]}, {ch}, {res}, {res}]")
+    return shard
+
+
 def load_latents(folder: Path) -> LatentData:
     folder = Path(folder)
     meta = read_meta(folder)
-    shards = [read(folder / name, what="latent shard") for name in meta["shards"]]
+    shards = [_checked_shard(folder / name, meta) for name in meta["shards"]]
     moments = torch.cat([s["moments"] for s in shards]).float()
     labels = torch.cat([s["labels"] for s in shards]).long()
     names = tuple(meta.get("class_names", ()))

@@ -131,6 +131,23 @@ def test_folder_encode_streams_skips_unreadable_files_and_resumes(tiny_vae, tmp_
         encode_dataset(folder_source(root, 16), tiny_vae, out, shard_size=4)
 
 
+def test_latents_of_the_wrong_shape_are_named(encoded, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(encoded, broken)
+    shard = torch.load(broken / "shard-00001.pt", weights_only=True)
+    torch.save({**shard, "moments": shard["moments"][:, :, :4, :4]}, broken / "shard-00001.pt")
+    with pytest.raises(ValueError, match=r"shard-00001.pt holds moments of shape \(40, 8, 4, 4\); meta.json says \[N, 8, 8, 8\]"):
+        load_latents(broken)
+    torch.save({**shard, "labels": shard["labels"][:3]}, broken / "shard-00001.pt")
+    with pytest.raises(ValueError, match=r"shard-00001.pt has \(3,\) labels for 40 latents"):
+        load_latents(broken)
+    torch.save({**shard, "images": shard["images"].float()}, broken / "shard-00001.pt")
+    with pytest.raises(ValueError, match=r"shard-00001.pt holds images torch.float32"):
+        load_latents(broken)
+
+
 def _trial(encoded: Path | None, dino: Path | None) -> TrialConfig:
     train = {"steps": 2, "batch_size": 4, "augment": ["translation", "flip"]}
     if dino is not None:
