@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,6 +27,7 @@ from gat_core.data.folder import load_files, scan_folder
 from gat_core.weights import resolve_local
 
 META_FILE = "meta.json"
+IMAGES_FILE = "images.npy"  # uint8 [N, C, R, R], memory-mapped when loaded
 VAE_ENV = "GAT_STUDY_VAE"
 VAE_HINT = ("a diffusers AutoencoderKL folder saved with save_pretrained (config.json + weights), e.g. "
             "stabilityai/sd-vae-ft-mse downloaded on a networked machine")
@@ -65,7 +67,7 @@ class EncodeSource:
 def memory_source(dataset: ImageDataset) -> EncodeSource:
     return EncodeSource(dataset.name, dataset.num_classes, tuple(dataset.class_names), dataset.resolution,
                         dataset.channels, len(dataset),
-                        lambda start, stop: (dataset.images[start:stop], dataset.labels[start:stop], []))
+                        lambda start, stop: (dataset.batch(slice(start, stop)), dataset.labels[start:stop], []))
 
 
 def folder_source(root: Path, resolution: int) -> EncodeSource:
@@ -85,6 +87,18 @@ def _encode_chunk(vae, images: Tensor, batch_size: int, device: str | torch.devi
         dist = vae.encode(batch).latent_dist
         moments.append(torch.cat([dist.mean, dist.std], dim=1).float().cpu())
     return torch.cat(moments)
+
+
+def _pixel_file(out: Path, meta: dict[str, Any], source: EncodeSource) -> np.memmap:
+    """The uint8 source images, one row per encoded image, written in place (room for every item)."""
+    path = out / IMAGES_FILE
+    shape = (source.num_items, source.channels, source.resolution, source.resolution)
+    meta["images_file"] = IMAGES_FILE
+    if meta["items_done"]:  # continuing an interrupted encode
+        if not path.exists():
+            raise ValueError(f"--out: {path} of the interrupted encode is missing; delete {out} and encode again")
+        return np.lib.format.open_memmap(path, mode="r+")
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
 
 
 def _resumable(out: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -122,13 +136,15 @@ def encode_dataset(source: ImageDataset | EncodeSource, vae_path: Path, out: Pat
     meta = _resumable(out, meta) or meta
     if meta["complete"]:
         return meta
+    pixels = _pixel_file(out, meta, source) if keep_images else None
     for start in range(meta["items_done"], source.num_items, shard_size):
         images, labels, skipped = source.read(start, min(start + shard_size, source.num_items))
         meta["skipped"] += skipped
         if len(labels):
             shard = {"moments": _encode_chunk(vae, images, batch_size, device), "labels": labels.clone()}
-            if keep_images:
-                shard["images"] = quantize_uint8(images)
+            if pixels is not None:
+                pixels[meta["num_images"]:meta["num_images"] + len(labels)] = quantize_uint8(images).numpy()
+                pixels.flush()
             name = f"shard-{len(meta['shards']):05d}.pt"
             save_atomic(shard, out / name)
             meta["shards"].append(name)
@@ -179,12 +195,20 @@ def _checked_shard(path: Path, meta: dict[str, Any]) -> dict[str, Tensor]:
                          f"[N, {2 * c}, {r}, {r}] (mean and std of {c}x{r}x{r} latents)")
     if labels.shape != (moments.shape[0],):
         raise ValueError(f"dataset.latents: {path} has {tuple(labels.shape)} labels for {moments.shape[0]} latents")
-    images = shard.get("images")
-    res, ch = meta.get("image_resolution"), meta.get("image_channels")
-    if images is not None and (images.dtype != torch.uint8 or tuple(images.shape) != (moments.shape[0], ch, res, res)):
-        raise ValueError(f"dataset.latents: {path} holds images {images.dtype} {tuple(images.shape)}; expected uint8 "
-                         f"[{moments.shape[0]}, {ch}, {res}, {res}]")
     return shard
+
+
+def _mapped_images(path: Path, meta: dict[str, Any]) -> Tensor:
+    """The source images as a uint8 tensor backed by the file: pages are read when a batch needs them."""
+    n, ch, res = meta["num_images"], meta["image_channels"], meta["image_resolution"]
+    try:  # copy-on-write mapping: writable for torch, never written back
+        array = np.load(path, mmap_mode="c", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"dataset.latents: {path} is not readable ({exc}); encode the dataset again") from None
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[0] < n or tuple(array.shape[1:]) != (ch, res, res):
+        raise ValueError(f"dataset.latents: {path} holds images {array.dtype} {array.shape}; expected uint8 "
+                         f"[>= {n}, {ch}, {res}, {res}]")
+    return torch.from_numpy(array[:n])
 
 
 def load_latents(folder: Path) -> LatentData:
@@ -195,8 +219,8 @@ def load_latents(folder: Path) -> LatentData:
     labels = torch.cat([s["labels"] for s in shards]).long()
     names = tuple(meta.get("class_names", ()))
     pixels = None
-    if all("images" in s for s in shards):
-        images = torch.cat([s["images"] for s in shards]).float() / 127.5 - 1
+    if meta.get("images_file"):
+        images = _mapped_images(folder / meta["images_file"], meta)
         pixels = ImageDataset(images, labels, meta["num_classes"], meta["source"].get("name", "latents"), names)
     data = ImageDataset(moments, labels, meta["num_classes"], f"latents:{folder.name}", names)
     return LatentData(moments=data, pixels=pixels, scaling_factor=float(meta["scaling_factor"]), meta=meta)
@@ -216,7 +240,7 @@ class LatentSampler:
         device = self.sampler.device
         moments, labels = self.data.moments.images[idx].to(device), self.data.moments.labels[idx].to(device)
         if self.data.pixels is not None:
-            self.last_pixels = self.data.pixels.images[idx].to(device)
+            self.last_pixels = self.data.pixels.batch(idx).to(device)
         mean, std = moments.chunk(2, dim=1)
         return (mean + std * torch.randn_like(std)) * self.data.scaling_factor, labels
 

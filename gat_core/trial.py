@@ -104,7 +104,7 @@ class TrialBase(ABC):
     def probe_reals(self, n: int) -> torch.Tensor:
         """The first n training inputs (posterior means in latent space), for diagnostics."""
         if self.latent is None:
-            return self.dataset.images[:n].to(self.device)
+            return self.dataset.batch(slice(0, n)).to(self.device)
         mean = self.latent.moments.images[:n].chunk(2, dim=1)[0]
         return (mean * self.latent.scaling_factor).to(self.device)
 

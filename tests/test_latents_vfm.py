@@ -58,7 +58,8 @@ def test_encode_writes_shards_with_moments_labels_and_images(encoded):
     assert (data.moments.images[:, 4:] > 0).all()  # std half of the moments
     source = load_dataset(DataConfig(name="shapes", resolution=16, size=96))
     assert torch.equal(data.moments.labels, source.labels)
-    assert (data.pixels.images - source.images).abs().max() <= 1 / 127.5 + 1e-6  # uint8 round trip
+    assert data.pixels.images.dtype == torch.uint8  # kept as bytes, memory-mapped from images.npy
+    assert (data.pixels.batch(slice(None)) - source.images).abs().max() <= 1 / 127.5 + 1e-6  # uint8 round trip
 
 
 def test_latent_sampler_resamples_posterior(encoded):
@@ -125,8 +126,9 @@ def test_folder_encode_streams_skips_unreadable_files_and_resumes(tiny_vae, tmp_
     assert meta["complete"] and meta["num_images"] == 9 and (out / "shard-00000.pt").stat().st_mtime_ns == first
     assert sorted(Path(n.split(" (")[0]).name for n in meta["skipped"]) == ["garbage.jpg", "truncated.png"]
     data = load_latents(out)
-    _, labels, classes = load_folder(root, 8)
+    images, labels, classes = load_folder(root, 8)
     assert torch.equal(data.moments.labels, labels) and tuple(meta["class_names"]) == classes
+    assert (data.pixels.batch(slice(None)) - images).abs().max() <= 1 / 127.5 + 1e-6  # rows written across the restart
     with pytest.raises(ValueError, match="holds an encode of something else"):
         encode_dataset(folder_source(root, 16), tiny_vae, out, shard_size=4)
 
@@ -143,8 +145,11 @@ def test_latents_of_the_wrong_shape_are_named(encoded, tmp_path):
     torch.save({**shard, "labels": shard["labels"][:3]}, broken / "shard-00001.pt")
     with pytest.raises(ValueError, match=r"shard-00001.pt has \(3,\) labels for 40 latents"):
         load_latents(broken)
-    torch.save({**shard, "images": shard["images"].float()}, broken / "shard-00001.pt")
-    with pytest.raises(ValueError, match=r"shard-00001.pt holds images torch.float32"):
+    torch.save(shard, broken / "shard-00001.pt")
+    import numpy as np
+
+    np.save(broken / "images.npy", np.zeros((96, 3, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"images.npy holds images uint8 \(96, 3, 8, 8\); expected uint8 \[>= 96, 3, 16, 16\]"):
         load_latents(broken)
 
 

@@ -24,14 +24,15 @@ def quantize_uint8(images: Tensor) -> Tensor:
 
 @dataclass(eq=False)
 class ImageDataset:
-    """All images of a dataset as one tensor; small enough for memory by design.
+    """The images of a dataset as one tensor, and their labels.
 
-    The study datasets are tiny (thousands of images at 8-64 px), so holding
-    them as one float tensor keeps batching trivial and fast.  Treat instances
-    as immutable: the fingerprint is computed once and cached.
+    The study datasets are tiny (thousands of images at 8-64 px) and live in memory as float32.
+    The source images of an encoded (latent) dataset can be ImageNet-sized: they stay uint8 in a
+    memory-mapped file and are converted per batch by `batch()`.  Read pixels through `batch()`
+    whatever the storage.  Treat instances as immutable: the fingerprint is computed once and cached.
     """
 
-    images: Tensor  # float32 [N, C, H, W] in [-1, 1]
+    images: Tensor  # float32 [N, C, H, W] in [-1, 1], or uint8 [N, C, H, W] (0..255)
     labels: Tensor  # int64 [N]
     num_classes: int
     name: str
@@ -39,8 +40,9 @@ class ImageDataset:
     _fingerprint: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.images.ndim != 4 or self.images.dtype != torch.float32:
-            raise ValueError(f"images: expected float32 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.images.ndim != 4 or self.images.dtype not in (torch.float32, torch.uint8):
+            raise ValueError(f"images: expected float32 or uint8 [N, C, H, W], got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],) or self.labels.dtype != torch.int64:
             raise ValueError(f"labels: expected int64 [{self.images.shape[0]}], got {self.labels.dtype} {tuple(self.labels.shape)}")
 
@@ -55,6 +57,16 @@ class ImageDataset:
     def resolution(self) -> int:
         return self.images.shape[-1]
 
+    def batch(self, index: Tensor | slice) -> Tensor:
+        """Images at `index` (indices or a slice) as float32 in [-1, 1]."""
+        images = self.images[index]
+        return images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images
+
+    def _uint8_chunks(self, rows: int = 4096):
+        for start in range(0, len(self), rows):
+            chunk = self.images[start:start + rows]
+            yield chunk if chunk.dtype == torch.uint8 else quantize_uint8(chunk)
+
     def fingerprint(self) -> str:
         """Short hash of the content, so derived assets (classifier, reference stats) are cached per dataset.
 
@@ -64,7 +76,8 @@ class ImageDataset:
         if self._fingerprint is None:
             h = hashlib.blake2b(digest_size=8)
             h.update(f"{self.name}|{self.num_classes}|{tuple(self.images.shape)}".encode())
-            h.update(quantize_uint8(self.images).contiguous().numpy().tobytes())
+            for chunk in self._uint8_chunks():  # a chunk at a time: a memory-mapped dataset is never loaded whole
+                h.update(chunk.contiguous().numpy().tobytes())
             h.update(self.labels.contiguous().numpy().tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint

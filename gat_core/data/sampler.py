@@ -74,7 +74,7 @@ class BatchSampler:
     def next(self) -> tuple[Tensor, Tensor]:
         """The next batch: images [B, C, H, W] and labels [B] on the sampler's device."""
         idx = self.next_indices()
-        images = self.dataset.images[idx].to(self.device, non_blocking=True)
+        images = self.dataset.batch(idx).to(self.device, non_blocking=True)
         labels = self.dataset.labels[idx].to(self.device, non_blocking=True)
         return images, labels
 

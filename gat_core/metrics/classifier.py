@@ -119,7 +119,7 @@ def train_classifier(
     order = torch.randperm(n, generator=g)
     n_val = max(1, round(_VAL_FRACTION * n)) if n >= 2 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
-    x = _dequantized(dataset.images)
+    x = _dequantized(dataset.batch(slice(None)))  # the classifier's datasets are small: all in memory
     y = dataset.labels
 
     with torch.random.fork_rng(devices=[]):

@@ -120,7 +120,7 @@ def _image_batches(source, batch_size: int) -> Iterator[Tensor]:
             yield batch.float() / 127.5 - 1.0  # exactly back to the same uint8 under quantize_uint8
         return
     for start in range(0, len(source), batch_size):
-        yield source.images[start:start + batch_size]
+        yield source.batch(slice(start, start + batch_size))
 
 
 def _save_npy_atomic(array: np.ndarray, path: Path) -> None:
