@@ -67,6 +67,13 @@ def format_plan(study: Study, rows: list[dict[str, Any]]) -> str:
     lines = [f"study {study.config.name} ({study.source}): {len(rows)} trials",
              "  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+    res = study.config.resources
+    per_trial = f"{res.cpus_per_trial:g} CPU" + (f", {res.gpus_per_trial:g} GPU" if res.gpus_per_trial else "")
+    if res.workers > 1:
+        lines.append(f"each trial: {res.workers} data-parallel workers of {per_trial}; batch = effective batch, "
+                     f"{res.workers} x batch/{res.workers} per worker")
+    else:
+        lines.append(f"each trial: one worker of {per_trial}")
     total = sum(r["train_flops"] for r in rows)
     lines.append(f"total training compute: {_si(total)} MACs ({_si(2 * total)} FLOPs at 2 per MAC); "
                  "GFLOPs = forward MACs per image (DiT convention)")

@@ -155,6 +155,12 @@ def test_plan_json_lists_costs_that_grow_with_width(tmp_path, capsys):
     assert small["train_flops"] == small["macs_per_sample_iter"] * 8 * 10
 
 
+def test_plan_states_the_workers_of_each_trial(tmp_path, capsys):
+    path = write(tmp_path, {**BASE, "resources": {"workers": 2, "cpus_per_trial": 2}})
+    assert main(["plan", str(path)]) == 0
+    assert "each trial: 2 data-parallel workers of 2 CPU" in capsys.readouterr().out
+
+
 def test_flops_budget_sets_steps(tmp_path):
     path = write(tmp_path, {**BASE, "train": {"flops_budget": 1e12, "batch_size": 8}})
     from orchestrator.plan import plan_trial
