@@ -1,10 +1,12 @@
 """Latent space: encode a dataset with a diffusers AutoencoderKL, train on its moments, decode samples.
 
-`encode_dataset` writes shards of [mean, std] moments (the posterior of each
-image), labels and, optionally, the uint8 source images (for pixel metrics and
-the VFM teacher).  Training re-samples z = (mean + std * eps) * scaling_factor
-every step, as the GAT and REPA pipelines do.  Shards are written one at a time
-with `meta.json` updated after each, so an interrupted encode says what it wrote.
+`encode_dataset` writes the [mean, std] moments of each image's posterior, its
+label and, optionally, the uint8 source image (for pixel metrics and the VFM
+teacher) as rows of three .npy arrays that training memory-maps, so the dataset
+never has to fit in memory and trials on one machine share the pages.  Training
+re-samples z = (mean + std * eps) * scaling_factor every step, as the GAT and
+REPA pipelines do.  Images are encoded a chunk at a time with `meta.json`
+updated after each, so an interrupted encode says what it wrote and continues.
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gat_core.checkpoint import read, save_atomic
 from gat_core.data import BatchSampler, ImageDataset
 from gat_core.data.dataset import quantize_uint8
 from gat_core.data.folder import load_files, scan_folder
 from gat_core.weights import resolve_local
 
 META_FILE = "meta.json"
-IMAGES_FILE = "images.npy"  # uint8 [N, C, R, R], memory-mapped when loaded
+FORMAT = "gat-study-latents/2"
+# one row per image, memory-mapped when loaded
+MOMENTS_FILE = "moments.npy"  # float32 [N, 2C, h, w]: posterior mean and std
+LABELS_FILE = "labels.npy"  # int64 [N]
+IMAGES_FILE = "images.npy"  # uint8 [N, C, R, R]: the source images (for metrics and the VFM teacher)
 VAE_ENV = "GAT_STUDY_VAE"
 VAE_HINT = ("a diffusers AutoencoderKL folder saved with save_pretrained (config.json + weights), e.g. "
             "stabilityai/sd-vae-ft-mse downloaded on a networked machine")
@@ -53,7 +58,7 @@ def _write_meta(out: Path, meta: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class EncodeSource:
-    """What an encode reads, a chunk at a time, so that memory holds one shard and not the dataset."""
+    """What an encode reads, a chunk at a time, so that memory holds one chunk and not the dataset."""
 
     name: str
     num_classes: int
@@ -89,16 +94,18 @@ def _encode_chunk(vae, images: Tensor, batch_size: int, device: str | torch.devi
     return torch.cat(moments)
 
 
-def _pixel_file(out: Path, meta: dict[str, Any], source: EncodeSource) -> np.memmap:
-    """The uint8 source images, one row per encoded image, written in place (room for every item)."""
-    path = out / IMAGES_FILE
-    shape = (source.num_items, source.channels, source.resolution, source.resolution)
-    meta["images_file"] = IMAGES_FILE
-    if meta["items_done"]:  # continuing an interrupted encode
-        if not path.exists():
-            raise ValueError(f"--out: {path} of the interrupted encode is missing; delete {out} and encode again")
-        return np.lib.format.open_memmap(path, mode="r+")
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+def _array_file(out: Path, name: str, meta: dict[str, Any], dtype: np.dtype, row: tuple[int, ...]) -> np.memmap:
+    """One of the encode's arrays, a row per item (room for every item; `num_images` rows are valid),
+    created on first use and reopened when an interrupted encode continues."""
+    path = out / name
+    if path.exists() and meta["num_images"]:
+        array = np.lib.format.open_memmap(path, mode="r+")
+        if array.dtype != dtype or array.shape != (meta["num_items"], *row):
+            raise ValueError(f"--out: {path} does not belong to this encode; delete {out} and encode again")
+        return array
+    if meta["num_images"]:
+        raise ValueError(f"--out: {path} of the interrupted encode is missing; delete {out} and encode again")
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(meta["num_items"], *row))
 
 
 def _resumable(out: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -107,7 +114,7 @@ def _resumable(out: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
         old = json.loads((out / META_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    same = ("source", "vae", "image_resolution", "shard_size", "keep_images", "num_items")
+    same = ("format", "source", "vae", "image_resolution", "chunk_size", "keep_images", "num_items")
     if any(old.get(k) != meta[k] for k in same):
         raise ValueError(f"--out: {out} holds an encode of something else ({old.get('source')} with {old.get('vae')}); "
                          "choose another folder or delete it")
@@ -116,43 +123,48 @@ def _resumable(out: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
 
 @torch.no_grad()
 def encode_dataset(source: ImageDataset | EncodeSource, vae_path: Path, out: Path, *, batch_size: int = 64,
-                   shard_size: int = 4096, keep_images: bool = True, config: dict[str, Any] | None = None,
+                   chunk_size: int = 4096, keep_images: bool = True, config: dict[str, Any] | None = None,
                    device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Encode every image to its posterior moments, one shard at a time; returns the metadata written to
-    `out/meta.json`.  Run it again after an interruption and it continues after the last complete shard;
-    unreadable files are skipped and listed in the metadata (`skipped`)."""
+    """Encode every image to its posterior moments, `chunk_size` images at a time, into memory-mappable
+    arrays; returns the metadata written to `out/meta.json`.
+
+    Run it again after an interruption and it continues after the last complete chunk; unreadable files
+    are skipped and listed in the metadata (`skipped`).
+    """
     if isinstance(source, ImageDataset):
         source = memory_source(source)
     vae = load_vae(vae_path, "--vae", device)
     out.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
-        "source": config or {"name": source.name}, "vae": str(Path(vae_path).resolve()),
+        "format": FORMAT, "source": config or {"name": source.name}, "vae": str(Path(vae_path).resolve()),
         "scaling_factor": float(getattr(vae.config, "scaling_factor", 0.18215) or 0.18215),
         "num_classes": source.num_classes, "class_names": list(source.class_names),
         "image_resolution": source.resolution, "image_channels": source.channels,
-        "shard_size": shard_size, "keep_images": keep_images, "num_items": source.num_items,
-        "items_done": 0, "num_images": 0, "shards": [], "skipped": [], "complete": False,
+        "chunk_size": chunk_size, "keep_images": keep_images, "num_items": source.num_items,
+        "items_done": 0, "num_images": 0, "skipped": [], "complete": False,
     }
     meta = _resumable(out, meta) or meta
     if meta["complete"]:
         return meta
-    pixels = _pixel_file(out, meta, source) if keep_images else None
-    for start in range(meta["items_done"], source.num_items, shard_size):
-        images, labels, skipped = source.read(start, min(start + shard_size, source.num_items))
+    image_row = (source.channels, source.resolution, source.resolution)
+    for start in range(meta["items_done"], source.num_items, chunk_size):
+        images, labels, skipped = source.read(start, min(start + chunk_size, source.num_items))
         meta["skipped"] += skipped
         if len(labels):
-            shard = {"moments": _encode_chunk(vae, images, batch_size, device), "labels": labels.clone()}
-            if pixels is not None:
-                pixels[meta["num_images"]:meta["num_images"] + len(labels)] = quantize_uint8(images).numpy()
-                pixels.flush()
-            name = f"shard-{len(meta['shards']):05d}.pt"
-            save_atomic(shard, out / name)
-            meta["shards"].append(name)
+            moments = _encode_chunk(vae, images, batch_size, device)
+            meta["latent_channels"], meta["latent_resolution"] = moments.shape[1] // 2, moments.shape[-1]
+            rows = slice(meta["num_images"], meta["num_images"] + len(labels))
+            written = [(MOMENTS_FILE, np.float32, tuple(moments.shape[1:]), moments.numpy()),
+                       (LABELS_FILE, np.int64, (), labels.numpy())]
+            if keep_images:
+                written.append((IMAGES_FILE, np.uint8, image_row, quantize_uint8(images).numpy()))
+            for name, dtype, row, values in written:
+                array = _array_file(out, name, meta, np.dtype(dtype), row)
+                array[rows] = values
+                array.flush()
             meta["num_images"] += len(labels)
-            meta["latent_channels"] = shard["moments"].shape[1] // 2
-            meta["latent_resolution"] = shard["moments"].shape[-1]
-        meta["items_done"] = min(start + shard_size, source.num_items)
-        _write_meta(out, meta)  # after the shard: a crash loses at most the shard being written
+        meta["items_done"] = min(start + chunk_size, source.num_items)
+        _write_meta(out, meta)  # after the rows: a crash loses at most the chunk being written
     if not meta["num_images"]:
         raise ValueError(f"encode: no readable images among the {source.num_items} of {source.name}")
     meta["complete"] = True
@@ -161,66 +173,55 @@ def encode_dataset(source: ImageDataset | EncodeSource, vae_path: Path, out: Pat
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
-    """meta.json of an encoded dataset; ValueError naming the folder if it is missing or incomplete."""
+    """meta.json of an encoded dataset; ValueError naming the folder if it is missing, incomplete or old."""
     path = Path(folder) / META_FILE
     try:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"dataset.latents: {path} is not readable ({exc}); create it with `gat-study encode`") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"dataset.latents: {folder} was written by another version of `gat-study encode` "
+                         f"(format {meta.get('format')!r}, expected {FORMAT!r}); encode the dataset again")
     if not meta.get("complete"):
-        raise ValueError(f"dataset.latents: {folder} is an incomplete encode ({meta.get('num_images', 0)} images in "
-                         f"{len(meta.get('shards', []))} shards); run `gat-study encode` again")
+        raise ValueError(f"dataset.latents: {folder} is an incomplete encode ({meta.get('num_images', 0)} of "
+                         f"{meta.get('num_items', '?')} images); run `gat-study encode` again to finish it")
     return meta
 
 
 @dataclass
 class LatentData:
-    """An encoded dataset in memory: moments for training, source pixels for metrics and the teacher."""
+    """An encoded dataset: moments for training, source pixels for metrics and the teacher, both memory-mapped."""
 
     moments: ImageDataset        # images = [N, 2C, h, w] (mean, std) so the batch sampler can serve them
-    pixels: ImageDataset | None  # the uint8 source images as [-1, 1] floats, if the encode kept them
+    pixels: ImageDataset | None  # the uint8 source images, if the encode kept them
     scaling_factor: float
     meta: dict[str, Any]
 
 
-def _checked_shard(path: Path, meta: dict[str, Any]) -> dict[str, Tensor]:
-    """A latent shard, checked against meta.json: ValueError naming the file and what is wrong."""
-    shard = read(path, what="latent shard")
-    if not isinstance(shard, dict) or not isinstance(shard.get("moments"), Tensor) or not isinstance(shard.get("labels"), Tensor):
-        raise ValueError(f"dataset.latents: {path} is not a latent shard (expected 'moments' and 'labels' tensors)")
-    moments, labels = shard["moments"], shard["labels"]
-    c, r = meta.get("latent_channels"), meta.get("latent_resolution")
-    if moments.ndim != 4 or tuple(moments.shape[1:]) != (2 * c, r, r):
-        raise ValueError(f"dataset.latents: {path} holds moments of shape {tuple(moments.shape)}; meta.json says "
-                         f"[N, {2 * c}, {r}, {r}] (mean and std of {c}x{r}x{r} latents)")
-    if labels.shape != (moments.shape[0],):
-        raise ValueError(f"dataset.latents: {path} has {tuple(labels.shape)} labels for {moments.shape[0]} latents")
-    return shard
-
-
-def _mapped_images(path: Path, meta: dict[str, Any]) -> Tensor:
-    """The source images as a uint8 tensor backed by the file: pages are read when a batch needs them."""
-    n, ch, res = meta["num_images"], meta["image_channels"], meta["image_resolution"]
+def _mapped(path: Path, dtype: np.dtype, row: tuple[int, ...], n: int) -> Tensor:
+    """The first n rows of an encode's array as a tensor backed by the file: pages are read when a batch
+    needs them, and trials on one machine share them.  ValueError naming the file if it does not fit."""
     try:  # copy-on-write mapping: writable for torch, never written back
         array = np.load(path, mmap_mode="c", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"dataset.latents: {path} is not readable ({exc}); encode the dataset again") from None
-    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[0] < n or tuple(array.shape[1:]) != (ch, res, res):
-        raise ValueError(f"dataset.latents: {path} holds images {array.dtype} {array.shape}; expected uint8 "
-                         f"[>= {n}, {ch}, {res}, {res}]")
+    if array.dtype != dtype or array.ndim != len(row) + 1 or array.shape[0] < n or tuple(array.shape[1:]) != row:
+        raise ValueError(f"dataset.latents: {path} holds {array.dtype} {array.shape}; meta.json says "
+                         f"{np.dtype(dtype)} [>= {n}, {', '.join(map(str, row))}]")
     return torch.from_numpy(array[:n])
 
 
 def load_latents(folder: Path) -> LatentData:
     folder = Path(folder)
     meta = read_meta(folder)
-    shards = [_checked_shard(folder / name, meta) for name in meta["shards"]]
-    moments = torch.cat([s["moments"] for s in shards]).float()
-    labels = torch.cat([s["labels"] for s in shards]).long()
+    n, c, r = meta["num_images"], meta["latent_channels"], meta["latent_resolution"]
+    moments = _mapped(folder / MOMENTS_FILE, np.dtype(np.float32), (2 * c, r, r), n)
+    labels = _mapped(folder / LABELS_FILE, np.dtype(np.int64), (), n)
     names = tuple(meta.get("class_names", ()))
     pixels = None
-    if meta.get("images_file"):
-        images = _mapped_images(folder / meta["images_file"], meta)
+    if meta["keep_images"]:
+        row = (meta["image_channels"], meta["image_resolution"], meta["image_resolution"])
+        images = _mapped(folder / IMAGES_FILE, np.dtype(np.uint8), row, n)
         pixels = ImageDataset(images, labels, meta["num_classes"], meta["source"].get("name", "latents"), names)
     data = ImageDataset(moments, labels, meta["num_classes"], f"latents:{folder.name}", names)
     return LatentData(moments=data, pixels=pixels, scaling_factor=float(meta["scaling_factor"]), meta=meta)

@@ -80,7 +80,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if len(meta["skipped"]) > 10:
         print(f"skipped {len(meta['skipped']) - 10} more unreadable files (all listed in {args.out}/meta.json)",
               file=sys.stderr)
-    print(f"encoded {meta['num_images']} images of {args.dataset} into {len(meta['shards'])} shards in {args.out}: "
+    print(f"encoded {meta['num_images']} images of {args.dataset} into {args.out}: "
           f"latents {meta['latent_channels']}x{meta['latent_resolution']}x{meta['latent_resolution']}, "
           f"scaling factor {meta['scaling_factor']}; train on them with dataset.latents: {args.out}")
     return 0
@@ -130,10 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flops)
 
-    p = sub.add_parser("encode", help="encode a dataset into VAE latent shards (diffusers AutoencoderKL)")
+    p = sub.add_parser("encode", help="encode a dataset into VAE latents (diffusers AutoencoderKL), memory-mappable arrays")
     p.add_argument("dataset", choices=["digits", "shapes", "folder"])
     p.add_argument("--vae", type=Path, required=True, help="local AutoencoderKL folder (save_pretrained format)")
-    p.add_argument("--out", type=Path, required=True, help="output folder for shards and meta.json")
+    p.add_argument("--out", type=Path, required=True, help="output folder for moments.npy, labels.npy, images.npy and meta.json")
     p.add_argument("--resolution", type=int, default=256, help="image resolution before encoding")
     p.add_argument("--path", type=Path, help="root of a folder dataset (one subfolder per class)")
     p.add_argument("--size", type=int, help="number of images (shapes)")

@@ -263,7 +263,7 @@ def test_dit_trial_in_latent_space(tmp_path):
                         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16))
     vae.save_pretrained(tmp_path / "vae")
     encode_dataset(load_dataset(DataConfig(name="shapes", resolution=16, size=64)), tmp_path / "vae",
-                   tmp_path / "latents", batch_size=32, shard_size=64)
+                   tmp_path / "latents", batch_size=32, chunk_size=64)
     cfg = TrialConfig.model_validate({
         "dataset": {"name": "shapes", "resolution": 16, "size": 64, "latents": str(tmp_path / "latents")},
         "model": {"family": "dit", "width": 32, "depth": 2, "heads": 2, "patch_size": 2},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,13 +45,14 @@ def tiny_dinov2(tmp_path_factory) -> Path:
 def encoded(tiny_vae, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("latents") / "shapes16"
     dataset = load_dataset(DataConfig(name="shapes", resolution=16, size=96))
-    encode_dataset(dataset, tiny_vae, out, batch_size=32, shard_size=40)
+    encode_dataset(dataset, tiny_vae, out, batch_size=32, chunk_size=40)
     return out
 
 
-def test_encode_writes_shards_with_moments_labels_and_images(encoded):
+def test_encode_writes_moments_labels_and_images(encoded):
     meta = read_meta(encoded)
-    assert meta["complete"] and meta["num_images"] == 96 and len(meta["shards"]) == 3
+    assert meta["complete"] and meta["num_images"] == 96 and meta["items_done"] == 96
+    assert sorted(p.name for p in encoded.iterdir()) == ["images.npy", "labels.npy", "meta.json", "moments.npy"]
     assert (meta["latent_channels"], meta["latent_resolution"]) == (4, 8)
     assert meta["scaling_factor"] == pytest.approx(0.18215)
     data = load_latents(encoded)
@@ -82,8 +84,11 @@ def test_missing_and_bad_weights_give_clear_errors(tmp_path, encoded):
     with pytest.raises(ValueError, match="dataset.latents: .*meta.json not found"):
         TrialConfig.model_validate({"dataset": {"name": "shapes", "latents": str(tmp_path / "none")}})
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "meta.json").write_text('{"complete": false, "shards": ["a"], "num_images": 3}')
+    (tmp_path / "bad" / "meta.json").write_text('{"format": "gat-study-latents/2", "complete": false, "num_images": 3}')
     with pytest.raises(ValueError, match="incomplete encode"):
+        read_meta(tmp_path / "bad")
+    (tmp_path / "bad" / "meta.json").write_text('{"complete": true, "shards": ["a"], "num_images": 3}')
+    with pytest.raises(ValueError, match="written by another version of `gat-study encode`"):
         read_meta(tmp_path / "bad")
 
 
@@ -97,14 +102,14 @@ def test_encode_cli(tiny_vae, tmp_path, capsys):
 
 
 def test_folder_encode_streams_skips_unreadable_files_and_resumes(tiny_vae, tmp_path):
-    """Encode reads a folder a shard at a time, lists unreadable files, and continues after a crash."""
+    """Encode reads a folder a chunk at a time, lists unreadable files, and continues after a crash."""
     from dataclasses import replace
 
     from gat_core.data.folder import load_folder
     from gat_core.latents import folder_source
     from tests.test_data import make_folder
 
-    root = make_folder(tmp_path / "images")  # 11 files, 2 of them unreadable
+    root = make_folder(tmp_path / "images")  # 11 files, 2 of them unreadable (one in the first 8)
     source = folder_source(root, 8)
     chunks: list[int] = []
 
@@ -116,21 +121,24 @@ def test_folder_encode_streams_skips_unreadable_files_and_resumes(tiny_vae, tmp_
 
     out = tmp_path / "latents"
     with pytest.raises(RuntimeError, match="power cut"):
-        encode_dataset(replace(source, read=crashing_read), tiny_vae, out, batch_size=2, shard_size=4)
-    assert max(chunks) <= 4  # never more than a shard of images in memory
+        encode_dataset(replace(source, read=crashing_read), tiny_vae, out, batch_size=2, chunk_size=4)
+    assert max(chunks) <= 4  # never more than a chunk of images in memory
     partial = __import__("json").loads((out / "meta.json").read_text())
-    assert not partial["complete"] and partial["items_done"] == 8 and len(partial["shards"]) == 2
-    first = (out / "shard-00000.pt").stat().st_mtime_ns
+    assert not partial["complete"] and partial["items_done"] == 8 and partial["num_images"] == 7
+    with pytest.raises(ValueError, match="incomplete encode .*7 of 11 images"):
+        load_latents(out)
+    first = np.load(out / "moments.npy")[:7]
 
-    meta = encode_dataset(source, tiny_vae, out, batch_size=2, shard_size=4)  # the same command again
-    assert meta["complete"] and meta["num_images"] == 9 and (out / "shard-00000.pt").stat().st_mtime_ns == first
+    meta = encode_dataset(source, tiny_vae, out, batch_size=2, chunk_size=4)  # the same command again
+    assert meta["complete"] and meta["num_images"] == 9
     assert sorted(Path(n.split(" (")[0]).name for n in meta["skipped"]) == ["garbage.jpg", "truncated.png"]
     data = load_latents(out)
+    assert torch.equal(data.moments.images[:7], torch.from_numpy(first))  # the rows before the crash are kept
     images, labels, classes = load_folder(root, 8)
     assert torch.equal(data.moments.labels, labels) and tuple(meta["class_names"]) == classes
     assert (data.pixels.batch(slice(None)) - images).abs().max() <= 1 / 127.5 + 1e-6  # rows written across the restart
     with pytest.raises(ValueError, match="holds an encode of something else"):
-        encode_dataset(folder_source(root, 16), tiny_vae, out, shard_size=4)
+        encode_dataset(folder_source(root, 16), tiny_vae, out, chunk_size=4)
 
 
 def test_latents_of_the_wrong_shape_are_named(encoded, tmp_path):
@@ -138,18 +146,19 @@ def test_latents_of_the_wrong_shape_are_named(encoded, tmp_path):
 
     broken = tmp_path / "broken"
     shutil.copytree(encoded, broken)
-    shard = torch.load(broken / "shard-00001.pt", weights_only=True)
-    torch.save({**shard, "moments": shard["moments"][:, :, :4, :4]}, broken / "shard-00001.pt")
-    with pytest.raises(ValueError, match=r"shard-00001.pt holds moments of shape \(40, 8, 4, 4\); meta.json says \[N, 8, 8, 8\]"):
+    np.save(broken / "moments.npy", np.zeros((96, 8, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"moments.npy holds float32 \(96, 8, 4, 4\); meta.json says float32 \[>= 96, 8, 8, 8\]"):
         load_latents(broken)
-    torch.save({**shard, "labels": shard["labels"][:3]}, broken / "shard-00001.pt")
-    with pytest.raises(ValueError, match=r"shard-00001.pt has \(3,\) labels for 40 latents"):
+    shutil.copy(encoded / "moments.npy", broken / "moments.npy")
+    np.save(broken / "labels.npy", np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match=r"labels.npy holds int64 \(3,\); meta.json says int64 \[>= 96, \]"):
         load_latents(broken)
-    torch.save(shard, broken / "shard-00001.pt")
-    import numpy as np
-
+    shutil.copy(encoded / "labels.npy", broken / "labels.npy")
     np.save(broken / "images.npy", np.zeros((96, 3, 8, 8), np.uint8))
-    with pytest.raises(ValueError, match=r"images.npy holds images uint8 \(96, 3, 8, 8\); expected uint8 \[>= 96, 3, 16, 16\]"):
+    with pytest.raises(ValueError, match=r"images.npy holds uint8 \(96, 3, 8, 8\); meta.json says uint8 \[>= 96, 3, 16, 16\]"):
+        load_latents(broken)
+    (broken / "images.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ValueError, match=r"images.npy is not readable"):
         load_latents(broken)
 
 
