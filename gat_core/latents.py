@@ -11,6 +11,7 @@ updated after each, so an interrupted encode says what it wrote and continues.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -222,7 +223,10 @@ def load_latents(folder: Path) -> LatentData:
     if meta["keep_images"]:
         row = (meta["image_channels"], meta["image_resolution"], meta["image_resolution"])
         images = _mapped(folder / IMAGES_FILE, np.dtype(np.uint8), row, n)
-        pixels = ImageDataset(images, labels, meta["num_classes"], meta["source"].get("name", "latents"), names)
+        # a finished encode never changes: its metadata identifies the pixels (hashing them could mean reading 100s of GB)
+        encode_id = hashlib.blake2b(json.dumps(meta, sort_keys=True).encode(), digest_size=16).hexdigest()
+        pixels = ImageDataset(images, labels, meta["num_classes"], meta["source"].get("name", "latents"), names,
+                              content_id=f"encode:{encode_id}")
     data = ImageDataset(moments, labels, meta["num_classes"], f"latents:{folder.name}", names)
     return LatentData(moments=data, pixels=pixels, scaling_factor=float(meta["scaling_factor"]), meta=meta)
 

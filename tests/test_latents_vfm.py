@@ -61,6 +61,8 @@ def test_encode_writes_moments_labels_and_images(encoded):
     source = load_dataset(DataConfig(name="shapes", resolution=16, size=96))
     assert torch.equal(data.moments.labels, source.labels)
     assert data.pixels.images.dtype == torch.uint8  # kept as bytes, memory-mapped from images.npy
+    # the finished encode identifies its pixels (caches of reference statistics key on it) without hashing them
+    assert data.pixels.content_id and data.pixels.fingerprint() == load_latents(encoded).pixels.fingerprint()
     assert (data.pixels.batch(slice(None)) - source.images).abs().max() <= 1 / 127.5 + 1e-6  # uint8 round trip
 
 
