@@ -89,26 +89,31 @@ def test_study_rejects_a_batch_that_does_not_split(tmp_path):
         load_study(write_study(tmp_path / "study.yaml", spec))
 
 
-def _trial_config() -> TrialConfig:
+def _trial_config(family: str) -> TrialConfig:
     spec = tiny_study("unused", Path("unused"), steps=6, batch_size=8, log_every=2, checkpoint_every=3)
+    if family == "dit":
+        spec["model"]["family"] = "dit"
+        spec["train"].update(beta1=0.9, diffusion={"sample_steps": 2})
     return TrialConfig.model_validate({k: spec[k] for k in ("dataset", "model", "train", "eval")})
 
 
-def _train_worker(rank: int, store: str, workdir: str) -> None:
+def _train_worker(rank: int, store: str, workdir: str, family: str) -> None:
     from gat_core.train import train
 
     _init(rank, store)
     events = []
-    result = train(_trial_config(), Path(workdir), lambda e: events.append(
+    result = train(_trial_config(family), Path(workdir), lambda e: events.append(
         {"kind": e.kind, "step": e.step, "metrics": sorted(e.metrics), "loss_d": e.metrics.get("loss_d"),
+         "loss_diffusion": e.metrics.get("loss_diffusion"),
          "checkpoint": e.checkpoint_dir is not None}))
     Path(workdir, f"events{rank}.json").write_text(json.dumps({"events": events, "status": result.status}))
     dist.destroy_process_group()
 
 
-def test_train_runs_data_parallel_with_one_writer(tmp_path):
+@pytest.mark.parametrize("family", ["gat", "dit"])
+def test_train_runs_data_parallel_with_one_writer(tmp_path, family):
     workdir = tmp_path / "trial"
-    mp.spawn(_train_worker, args=(str(tmp_path / "store"), str(workdir)), nprocs=WORLD)
+    mp.spawn(_train_worker, args=(str(tmp_path / "store"), str(workdir), family), nprocs=WORLD)
     main, other = (json.loads((workdir / f"events{r}.json").read_text()) for r in range(WORLD))
     assert main["status"] == other["status"] == "completed"
     # the same reports in the same order on every worker (Ray Train's report is a barrier)
@@ -117,7 +122,9 @@ def test_train_runs_data_parallel_with_one_writer(tmp_path):
     assert all(not e["metrics"] and not e["checkpoint"] for e in other["events"] if e["kind"] != "progress")
     progress = [[e for e in w["events"] if e["kind"] == "progress"] for w in (main, other)]
     assert [e["step"] for e in progress[0]] == [2, 4, 6]
-    assert [e["loss_d"] for e in progress[0]] == [e["loss_d"] for e in progress[1]]
+    loss = "loss_d" if family == "gat" else "loss_diffusion"
+    assert all(loss in e["metrics"] for e in progress[0])
+    assert [e[loss] for e in progress[0]] == [e[loss] for e in progress[1]]
     assert any(e["kind"] == "checkpoint" and e["checkpoint"] for e in main["events"])
     assert json.loads((workdir / "result.json").read_text())["step"] == 6
     assert (workdir / "final_model.pt").exists()
