@@ -10,7 +10,9 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,21 @@ from gat_core.weights import missing_weights
 
 TRIAL_SECTIONS = ("dataset", "model", "train", "eval")
 _KEY_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+(?:\.[a-z_0-9]+)+): (.*)$", re.S)
+MAX_VALUES = 100_000  # values in a parsed study, aliases expanded: a "billion laughs" file stops here
+MAX_DEPTH = 64  # nesting levels of a parsed study
+MAX_GRID_POINTS = 10_000
+INT_LIMIT = 2**63 - 1  # what torch, numpy and MLflow can take
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlong = 40
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 6
+_REPR.maxlevel = 3
+
+
+def _short(value: Any) -> str:
+    """A repr short enough for an error line, whatever the value."""
+    return _REPR.repr(value)
 
 
 class StudyError(ValueError):
@@ -79,6 +96,10 @@ class StudyConfig(StrictModel):
             if not linked:
                 raise ValueError(f"grid.{key}: can only sweep keys under {', '.join(TRIAL_SECTIONS)}, or list "
                                  "mappings of such dotted keys that change together")
+        points = math.prod(len(values) for values in grid.values())
+        if points > MAX_GRID_POINTS:
+            raise ValueError(f"{points} grid points (the product of the list lengths) exceed the limit of "
+                             f"{MAX_GRID_POINTS}; split the study")
         return grid
 
     @property
@@ -143,6 +164,24 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
         node[leaf] = value
 
 
+class _StudyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader whose unreadable scalars (2001-02-30, `!!int many`, a 5000-digit int) are YAML errors
+    with a position instead of a ValueError from deep inside the constructor."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            problem = f"cannot read {_short(node.value)[1:-1]} as a YAML {node.tag.rsplit(':', 1)[-1]}"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{problem} (quote it to make it a string)", node.start_mark) from None
+
+
+def _safe_load(text: str) -> Any:
+    """yaml.safe_load with the errors above; RecursionError (absurd nesting) is left to the caller."""
+    return yaml.load(text, Loader=_StudyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`train.steps=200` -> ('train.steps', 200); values are YAML (numbers, lists, true/false)."""
     key, sep, value = text.partition("=")
@@ -150,9 +189,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_/.-]+)*", key):
         raise StudyError([f"--set {text}: expected KEY=VALUE with a dotted key, e.g. train.steps=200"])
     try:
-        return key, yaml.safe_load(value)
-    except yaml.YAMLError as exc:
-        raise StudyError([f"--set {text}: value is not valid YAML ({exc})"]) from None
+        return key, _safe_load(value)
+    except (yaml.YAMLError, RecursionError) as exc:
+        problem = getattr(exc, "problem", None) or "nested too deeply"
+        raise StudyError([f"--set {_short(text)[1:-1]}: value is not valid YAML ({problem})"]) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -182,26 +222,94 @@ def _format_errors(exc: ValidationError, where: str, prefix: str = "") -> list[s
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {_short(err['input'])})"
+        if len(msg) > 500:  # a validator that quotes a huge input
+            msg = msg[:500] + " ..."
         lines.append(f"{where}: {key or '<top level>'}: {msg}")
     return lines
 
 
+def _line_column(data: bytes | str, offset: int) -> str:
+    """'line:column' (1-based) of an offset into a file's bytes or text."""
+    newline = b"\n" if isinstance(data, bytes) else "\n"
+    return f"{data.count(newline, 0, offset) + 1}:{offset - (data.rfind(newline, 0, offset) + 1) + 1}"
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Parse a study file with yaml.safe_load; errors carry the line and column."""
+    """Parse a UTF-8 study file with a safe loader; errors carry the line and column."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
-        raise StudyError([f"{path}: cannot read study file ({exc.strerror})"]) from None
+        raise StudyError([f"{path}: cannot read study file ({exc.strerror or exc})"]) from None
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise StudyError([f"{path}:{_line_column(data, exc.start)}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                          "save the file as UTF-8"]) from None
+    try:
+        raw = _safe_load(text)
+    except RecursionError:
+        raise StudyError([f"{path}: invalid YAML: nested too deeply"]) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None) or str(exc)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise StudyError([f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
+        if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow, e.g. NUL
+            where, problem = f"{path}:{_line_column(text, exc.position)}", f"character {exc.character!r} is not allowed"
+        elif "'\\t'" in problem:
+            problem = "a tab where YAML expects spaces (tabs cannot indent YAML)"
+        raise StudyError([f"{where}: invalid YAML: {problem}"]) from None
+    if raw is None:
+        raise StudyError([f"{path}: the study file is empty; it needs at least `name: ...`"])
     if not isinstance(raw, dict):
         raise StudyError([f"{path}: a study file must be a mapping of keys (name, dataset, model, ...), got {type(raw).__name__}"])
     return raw
+
+
+def check_values(tree: Any, where: str) -> list[str]:
+    """Problems of a parsed study that the schema cannot check safely, as 'where: key: what' lines: more than
+    MAX_VALUES values once YAML aliases are expanded, self-reference, deep nesting, non-finite floats, integers
+    beyond 64 bits and NUL characters (which no path can hold)."""
+    problems: list[str] = []
+    stack: list[tuple[Any, str, tuple[int, ...]]] = [(tree, "", ())]  # value, dotted key, ids of its containers
+    count = 0
+    while stack and len(problems) < 20:
+        value, key, above = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            return [f"{where}: {key.split('.')[0] or '<top level>'}: the study expands to more than {MAX_VALUES} "
+                    "values (YAML aliases repeating a large block?)"]
+        if isinstance(value, (dict, list)):
+            if id(value) in above:
+                problems.append(f"{where}: {key}: refers to itself (a recursive YAML alias)")
+            elif len(above) >= MAX_DEPTH:
+                problems.append(f"{where}: {key}: nested more than {MAX_DEPTH} levels deep")
+            else:
+                items = value.items() if isinstance(value, dict) else enumerate(value)
+                children = [(child, f"{key}.{k}" if key else str(k), (*above, id(value))) for k, child in items]
+                stack += reversed(children)  # depth first, in file order
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{where}: {key}: must be a finite number (got {value})")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
+            problems.append(f"{where}: {key}: out of range: integers must lie within +-(2**63 - 1) "
+                            f"(got {_short(value)})")
+        elif isinstance(value, str) and "\0" in value:
+            problems.append(f"{where}: {key}: contains a NUL character ({_short(value)})")
+    return problems
+
+
+def path_problems(config: StrictModel) -> list[str]:
+    """'key: what' lines for the paths of a config that the OS refuses outright (a name too long, a symlink
+    loop), which would otherwise surface as an OSError from the first check that touches them."""
+    problems = []
+    for key, value in flatten(config.model_dump()).items():
+        if isinstance(value, Path):
+            try:
+                value.stat()
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                pass
+            except OSError as exc:
+                problems.append(f"{key}: unusable path {_short(str(value))} ({exc.strerror})")
+    return problems
 
 
 def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -220,7 +328,7 @@ def _slug(swept: dict[str, Any]) -> str:
         elif isinstance(value, dict):
             parts += [f"{str(k).split('.')[-1]}={v}" for k, v in value.items()]
         else:
-            text = json.dumps(value) if isinstance(value, list) else str(value)
+            text = json.dumps(value, default=str) if isinstance(value, list) else str(value)
             parts.append(f"{key.split('.')[-1]}={text}")
     return re.sub(r"[^A-Za-z0-9=_.,/-]+", "", ",".join(parts))[:120]
 
@@ -236,10 +344,14 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     path = Path(path)
     raw = apply_overrides(read_yaml(path), overrides or [])
     where = f"{path}" + (" (with --set overrides)" if overrides else "")
+    if problems := check_values(raw, where):
+        raise StudyError(problems)
     try:
         config = StudyConfig.model_validate(raw)
     except ValidationError as exc:
         raise StudyError(_format_errors(exc, where)) from None
+    if problems := [f"{where}: {line}" for line in path_problems(config)]:
+        raise StudyError(problems)
 
     base = {section: raw.get(section, {}) or {} for section in TRIAL_SECTIONS}
     if "train" not in raw:
@@ -258,10 +370,10 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
         try:
             trial_cfg = TrialConfig.model_validate(tree)
         except ValidationError as exc:
-            label = ", ".join(f"{k}={v}" for k, v in point.items()) or "base config"
+            label = ", ".join(f"{k}={_short(v)}" for k, v in point.items()) or "base config"
             problems += [f"{line} [grid point {index}: {label}]" for line in _format_errors(exc, where)]
             continue
-        problems += [f"{where}: {line}" for line in missing_weights(trial_cfg)]
+        problems += [f"{where}: {line}" for line in path_problems(trial_cfg) or missing_weights(trial_cfg)]
         workers = config.resources.workers
         if trial_cfg.train.batch_size % workers:
             problems.append(f"{where}: train.batch_size: {trial_cfg.train.batch_size} does not split over "
