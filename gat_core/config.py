@@ -144,7 +144,8 @@ class VFMConfig(StrictModel):
     """REPA-style alignment of D's tokens to a frozen DINOv2 (weights from a local file)."""
 
     weights: Path | None = Field(None, description="Local DINOv2 weights file (default: $GAT_STUDY_DINOV2_WEIGHTS).")
-    model: str = Field("vit_base_patch14_dinov2", description="timm model name of the teacher.")
+    model: str = Field("vit_base_patch14_dinov2", pattern=r"^vit_(small|base|large|giant)_patch14(_reg4)?_dinov2$",
+                       description="timm model name of the DINOv2 teacher (vit_{small,base,large,giant}_patch14[_reg4]_dinov2).")
     weight: float = Field(1.0, ge=0, description="Loss weight of the alignment term.")
     image_size: int = Field(224, ge=14, description="Teacher input size (224 = 16x16 patches at /14).")
     hidden_dim: int = Field(2048, ge=8, description="Hidden width of the projection MLP on D's tokens.")

@@ -183,6 +183,11 @@ def read_meta(folder: Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"dataset.latents: {folder} was written by another version of `gat-study encode` "
                          f"(format {meta.get('format')!r}, expected {FORMAT!r}); encode the dataset again")
+    required = ("num_images", "num_items", "num_classes", "scaling_factor", "image_channels", "image_resolution",
+                "keep_images", "source")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise ValueError(f"dataset.latents: {path} lacks {', '.join(missing)}; encode the dataset again")
     if not meta.get("complete"):
         raise ValueError(f"dataset.latents: {folder} is an incomplete encode ({meta.get('num_images', 0)} of "
                          f"{meta.get('num_items', '?')} images); run `gat-study encode` again to finish it")
@@ -215,6 +220,8 @@ def _mapped(path: Path, dtype: np.dtype, row: tuple[int, ...], n: int) -> Tensor
 def load_latents(folder: Path) -> LatentData:
     folder = Path(folder)
     meta = read_meta(folder)
+    if "latent_channels" not in meta or "latent_resolution" not in meta:
+        raise ValueError(f"dataset.latents: {folder / META_FILE} lacks the latent shape; encode the dataset again")
     n, c, r = meta["num_images"], meta["latent_channels"], meta["latent_resolution"]
     moments = _mapped(folder / MOMENTS_FILE, np.dtype(np.float32), (2 * c, r, r), n)
     labels = _mapped(folder / LABELS_FILE, np.dtype(np.int64), (), n)

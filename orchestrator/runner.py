@@ -243,18 +243,20 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or cfg.tracking_uri
     tracker = StudyTracker(uri, cfg.experiment, artifact_root=out / "mlartifacts")
-    parent_id = tracker.ensure_parent(study)
     existing = tracker.trial_runs(cfg.name)
-    run_ids = {t.trial_id: tracker.ensure_child(study, t, parent_id, compute_columns(t), existing)
-               for t in study.trials}
     finished = {tid for tid, run in existing.items() if run.data.tags.get("status") in FINAL_STATUSES}
     todo = [t for t in study.trials if t.trial_id not in finished]
+    if todo:  # a cluster that cannot be reached or refuses us fails here, before any run is created
+        init_ray(address, dashboard, num_cpus)
+    parent_id = tracker.ensure_parent(study)
+    run_ids = {t.trial_id: tracker.ensure_child(study, t, parent_id, compute_columns(t), existing)
+               for t in study.trials}
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     say(f"study {cfg.name}: {len(study.trials)} trials, {len(study.trials) - len(todo)} already finished, "
         f"{len(todo)} to run; MLflow: {uri} (experiment {cfg.experiment})")
 
     if todo:
-        _fit(study, todo, run_ids, uri, out, storage or str(out / "ray"), address, dashboard, num_cpus, quiet)
+        _fit(study, todo, run_ids, uri, out, storage or str(out / "ray"), address, quiet)
     outcomes = collect_outcomes(study, tracker)
     unfinished = [o for o in outcomes if o.status not in (*FINAL_STATUSES, "failed")]
     for o in unfinished:  # stopped by Ctrl-C or a lost driver: resumable, say so
@@ -269,11 +271,10 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
 
 
 def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path, storage: str,
-         address: str | None, dashboard: bool, num_cpus: int | None, quiet: bool) -> None:
+         address: str | None, quiet: bool) -> None:
     from ray import tune
 
     res = study.config.resources
-    init_ray(address, dashboard, num_cpus)
     common = dict(trials={t.trial_id: t.config.model_dump_json() for t in todo}, run_ids=run_ids,
                   tracking_uri=uri, out_dir=str(out), cpus=res.cpus_per_trial)
     if res.workers > 1:  # the Tune trial only drives its Ray Train workers, which hold the CPUs and GPUs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,15 @@ def test_missing_and_bad_weights_give_clear_errors(tmp_path, encoded):
     with pytest.raises(ValueError, match="dataset.latents: .*meta.json not found"):
         TrialConfig.model_validate({"dataset": {"name": "shapes", "latents": str(tmp_path / "none")}})
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "meta.json").write_text('{"format": "gat-study-latents/2", "complete": false, "num_images": 3}')
+    meta = read_meta(encoded)
+    (tmp_path / "bad" / "meta.json").write_text(json.dumps({**meta, "complete": False}))
     with pytest.raises(ValueError, match="incomplete encode"):
         read_meta(tmp_path / "bad")
+    (tmp_path / "bad" / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "num_classes"}))
+    with pytest.raises(ValueError, match="meta.json lacks num_classes; encode the dataset again"):
+        read_meta(tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"train.vfm.model"):
+        TrialConfig.model_validate({"train": {"vfm": {"model": "resnet50"}}})
     (tmp_path / "bad" / "meta.json").write_text('{"complete": true, "shards": ["a"], "num_images": 3}')
     with pytest.raises(ValueError, match="written by another version of `gat-study encode`"):
         read_meta(tmp_path / "bad")

@@ -124,12 +124,15 @@ def test_study_runs_with_the_token_and_no_secret_reaches_mlflow(tmp_path, auth_h
 def test_without_the_token_the_run_fails_with_one_clear_paragraph(tmp_path, auth_head):
     address, _, _ = auth_head
     # a short GCS retry budget: without it Ray retries the refused connection for about 20 s
-    result, _ = run_cli(tmp_path, address, clean_env(RAY_gcs_server_port_wait_time_s="2"), "anonymous")
+    result, path = run_cli(tmp_path, address, clean_env(RAY_gcs_server_port_wait_time_s="2"), "anonymous")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert f"cannot connect to the Ray cluster at {address}: it requires token authentication" in line
     assert "sent no token" in line and "RAY_AUTH_TOKEN" in line and "RAY_AUTH_TOKEN_PATH" in line
+    study = load_study(path)  # refused before any MLflow run was created: nothing to clean up
+    experiment = MlflowClient(study.config.tracking_uri).get_experiment_by_name(study.config.experiment)
+    assert experiment is None or not MlflowClient(study.config.tracking_uri).search_runs([experiment.experiment_id])
 
 
 def test_a_wrong_token_is_refused_with_one_clear_paragraph(tmp_path, auth_head):
