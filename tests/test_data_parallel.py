@@ -4,8 +4,6 @@ workers without Ray, and a two-worker study on a real local Ray (Ray Train) agai
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from gat_core.config import TrialConfig
 from gat_core.distributed import DataParallel
 from orchestrator.study import StudyError, load_study
 from tests.conftest import tiny_study, write_study
-from tests.test_run_study import children, start_one_trial_study, steps_of
+from tests.test_run_study import kill_and_finish
 from tests.test_security import listening, ray_pids
 
 WORLD = 2
@@ -205,15 +203,5 @@ def test_data_parallel_workers_listen_only_on_loopback(two_studies):
 @pytest.mark.slow
 def test_killed_data_parallel_worker_resumes_the_trial(tmp_path):
     """SIGKILL of the second worker: Ray Train restarts both from the checkpoint; one run, continuous steps."""
-    path, proc, trial_dir, _ = start_one_trial_study(tmp_path, "dpcrash", max_failures=2, workers=2)
-    killed = int(next(trial_dir.glob("*/worker-rank1.pid")).read_text())
-    os.kill(killed, signal.SIGKILL)
-    out, _ = proc.communicate(timeout=400)
-    assert proc.returncode == 0, out.decode()[-3000:]
-    assert int(next(trial_dir.glob("*/worker-rank1.pid")).read_text()) != killed  # a new worker finished it
-    client = MlflowClient(load_study(path).config.tracking_uri)
-    (run,) = children(client, "dpcrash")
-    assert run.data.tags["status"] == "completed" and run.data.tags["workers"] == "2"
-    assert steps_of(client, run.info.run_id, "loss_d") == list(range(2, 41, 2))
-    (resumed,) = [m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")]
-    assert resumed >= 4
+    run = kill_and_finish(tmp_path, "dpcrash", "worker-rank1.pid", workers=2)
+    assert run.data.tags["workers"] == "2"

@@ -169,17 +169,25 @@ def test_gan_and_dit_trials_in_one_study(tmp_path, ray_session):
     assert "loss_diffusion" in dit.data.metrics and "loss_d" in gat.data.metrics
 
 
-def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
-    """SIGKILL of the process training a trial: Ray Tune restarts it from its checkpoint, in the same run."""
-    path, proc, trial_dir, env = start_one_trial_study(tmp_path, "crash", max_failures=2)
-    killed = int(next(trial_dir.glob("*/worker.pid")).read_text())
+def kill_and_finish(tmp_path: Path, name: str, pid_file: str, workers: int = 1):
+    """Start a one-trial study, SIGKILL the process whose pid is in `pid_file` once the trial has checkpointed,
+    and check that the study still completes: a new process finished the trial, in its one MLflow run, with a
+    continuous step axis and one resume from a checkpoint.  Returns that run."""
+    path, proc, trial_dir, _ = start_one_trial_study(tmp_path, name, max_failures=2, workers=workers)
+    killed = int(next(trial_dir.glob(f"*/{pid_file}")).read_text())
     os.kill(killed, signal.SIGKILL)
-    out, _ = proc.communicate(timeout=300)
+    out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out.decode()[-3000:]
-    assert int(next(trial_dir.glob("*/worker.pid")).read_text()) != killed  # a new process finished it
+    assert int(next(trial_dir.glob(f"*/{pid_file}")).read_text()) != killed  # a new process finished it
     client = MlflowClient(load_study(path).config.tracking_uri)
-    (run,) = children(client, "crash")
+    (run,) = children(client, name)
     assert run.data.tags["status"] == "completed"
     assert steps_of(client, run.info.run_id, "loss_d") == list(range(2, 41, 2))
     (resumed,) = [m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")]
     assert resumed >= 4
+    return run
+
+
+def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL of the process training a trial: Ray Tune restarts it from its checkpoint, in the same run."""
+    kill_and_finish(tmp_path, "crash", "worker.pid")
