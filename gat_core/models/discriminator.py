@@ -28,8 +28,11 @@ class DBlock(nn.Module):
         self.ls_mlp = nn.Parameter(torch.full((width,), layer_scale))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = h + self.ls_attn * self.attn(self.norm1(h))
-        return h + self.ls_mlp * self.mlp(self.norm2(h))
+        # LayerScale is folded into the output projections (a weight-sized product instead of a
+        # token-sized one).  The residual stream is kept in the gains' dtype, fp32, as the
+        # unfolded fp32 gain times a bf16 branch made it under autocast.
+        h = h.to(self.ls_attn.dtype) + self.attn(self.norm1(h), out_scale=self.ls_attn)
+        return h + self.mlp(self.norm2(h), out_scale=self.ls_mlp)
 
 
 class GATDiscriminator(nn.Module):

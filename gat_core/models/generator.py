@@ -45,8 +45,9 @@ class GATBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, w_act: torch.Tensor) -> torch.Tensor:
         scale_a, gate_a, scale_m, gate_m = self.modulation(w_act).unsqueeze(1).chunk(4, dim=-1)
-        h = h + gate_a * self.attn(self.norm1(h) * (1 + scale_a))
-        return h + gate_m * self.mlp(self.norm2(h) * (1 + scale_m))
+        # h + gate * branch as one addcmul: one pass over the tokens instead of a product and a sum
+        h = torch.addcmul(h, gate_a, self.attn(self.norm1(h) * (1 + scale_a)))
+        return torch.addcmul(h, gate_m, self.mlp(self.norm2(h) * (1 + scale_m)))
 
 
 class OutputHead(nn.Module):
