@@ -56,8 +56,10 @@ class DiffAugment:
         if p.color is not None:
             bright, sat, contrast, on = p.color
             y = x + bright
-            y = (y - y.mean(1, keepdim=True)) * sat + y.mean(1, keepdim=True)
-            y = (y - y.mean((1, 2, 3), keepdim=True)) * contrast + y.mean((1, 2, 3), keepdim=True)
+            mean = y.mean(1, keepdim=True)
+            y = (y - mean) * sat + mean
+            mean = y.mean((1, 2, 3), keepdim=True)
+            y = (y - mean) * contrast + mean
             x = torch.where(on, y, x)
         if p.shift is not None:
             x = _translate(x, p.shift)

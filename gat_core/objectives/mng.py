@@ -50,5 +50,8 @@ def nested_noise(like: torch.Tensor, ts: list[float], generator: torch.Generator
 
 
 def corrupt(levels: list[torch.Tensor], ts: list[float], noises: list[torch.Tensor]) -> torch.Tensor:
-    """Corrupt each level with its noise and stack them on the channel axis: [B, K*C, H, W]."""
-    return torch.cat([(1 - t) * x + n for x, t, n in zip(levels, ts, noises)], dim=1)
+    """Corrupt each level with its noise and stack them on the channel axis: [B, K*C, H, W].
+
+    n + (1 - t) x is one fused add per level (alpha scales x inside the kernel).
+    """
+    return torch.cat([torch.add(n, x, alpha=1 - t) for x, t, n in zip(levels, ts, noises)], dim=1)
