@@ -411,7 +411,7 @@ def compare_families(data: StudyData, metric: str | None = None, *, budgets: Seq
     family = family_of(data.trials)
     _check_families(data, family)
     sel, usable, excluded = _usable_by_family(data, metric, include_failed)
-    notes: list[str] = []
+    notes: list[str] = list(data.notes)
     others = sorted(set(usable["family"]) - set(FAMILIES))
     if others:
         notes.append(f"trials of other families ({', '.join(others)}) are left out of the comparison")

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Collection, Iterable, Iterator, Sequence
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -49,6 +49,7 @@ class StudyData:
     history: pd.DataFrame              # per-step values of the curve keys only (see `wants_history`)
     base_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # study -> flattened base config
     metric_keys: list[str] = field(default_factory=list)  # every metric any child run logged
+    notes: list[str] = field(default_factory=list)  # what the reader should know about what was loaded
 
 
 def parse_param(text: str) -> Any:
@@ -279,19 +280,32 @@ def _base_config(client: Any, parent: Any) -> dict[str, Any]:
     return flatten({k: v for k, v in tree.items() if k in ("dataset", "model", "train", "eval")})
 
 
-def load_studies(tracking_uri: str, studies: str | Sequence[str], extra_keys: Sequence[str] = ()) -> StudyData:
+def load_studies(tracking_uri: str, studies: str | Sequence[str], extra_keys: Sequence[str] = (),
+                 trial_ids: Collection[str] | None = None) -> StudyData:
     """All child runs of one or several studies, with the histories of their curve metrics.
 
     `extra_keys` adds metrics whose per-step values are wanted too (e.g. a --metric that is
-    not a quality metric).  Raises AnalysisError for an unknown study or one without trial runs.
+    not a quality metric).  `trial_ids` keeps only those trials (the grid of the study file as it
+    is now; runs of trials an edit of the file removed are left out, and a note says how many).
+    Raises AnalysisError for an unknown study or one without trial runs.
     """
     names = [studies] if isinstance(studies, str) else list(studies)
     client = open_client(tracking_uri)
-    frames, histories, parents, bases, logged = [], [], {}, {}, set()
+    frames, histories, parents, bases, logged, notes = [], [], {}, {}, set(), []
     for name in names:
         parent, children = find_study_runs(client, name)
         if not children:
             raise AnalysisError(f"study {name!r} has no trial runs (child runs tagged {ROLE_TAG}=trial) in {tracking_uri}")
+        if trial_ids is not None:
+            kept = [run for run in children if run.data.tags.get("trial_id") in trial_ids]
+            if not kept:
+                raise AnalysisError(f"none of the {len(trial_ids)} trials of study {name!r} as its file now stands has "
+                                    f"run yet ({len(children)} runs are of trials no longer in the file); run it first, "
+                                    "or give the study name instead of the file to analyse every run")
+            if len(kept) < len(children):
+                notes.append(f"{len(children) - len(kept)} runs of trials no longer in the study file are left out "
+                             "(give the study name instead of the file to include them)")
+            children = kept
         trials, history = trials_frame(client, name, children, extra_keys)
         logged |= {k for run in children for k in run.data.metrics}
         frames.append(trials)
@@ -305,4 +319,4 @@ def load_studies(tracking_uri: str, studies: str | Sequence[str], extra_keys: Se
     trials["size_rank"] = trials["size"].map({s: i for i, s in enumerate(order.index)})
     trials = trials.sort_values(["size_rank", "patch", "run_name"], kind="stable").reset_index(drop=True)
     return StudyData(tracking_uri=tracking_uri, studies=names, parents=parents, trials=trials, history=history,
-                     base_configs=bases, metric_keys=sorted(logged))
+                     base_configs=bases, metric_keys=sorted(logged), notes=notes)

@@ -125,7 +125,7 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     usable = sel.usable
     switches = detect_switches(usable)
     style = make_style(data.trials)
-    notes: list[str] = []
+    notes: list[str] = list(data.notes)
     files: list[Path] = []
 
     scaling = scaling_fits(usable, metric, switches, lower_is_better=sel.lower_is_better, n_boot=n_boot, seed=seed,

@@ -17,31 +17,36 @@ __all__ = ["AnalysisError", "add_analyze_parser", "analyze", "cmd_analyze", "res
 
 
 def resolve_target(study_or_yaml: str, tracking_uri: str | None = None,
-                   out_dir: Path | None = None) -> tuple[str, str, Path]:
-    """(study name, tracking URI, output folder) for a study name or a study YAML file.
+                   out_dir: Path | None = None) -> tuple[str, str, Path, set[str] | None]:
+    """(study name, tracking URI, output folder, trial ids or None) for a study name or a study YAML file.
 
-    A YAML file gives its name, its tracking URI and `<output_dir>/analysis`; a bare name
-    uses `--tracking-uri`, else $MLFLOW_TRACKING_URI, else the default store
-    `runs/<name>/mlflow.db`, and writes to `runs/<name>/analysis`.
+    A YAML file gives its name, its tracking URI, `<output_dir>/analysis` and the ids of its trials
+    as the file now stands (runs of trials an edit removed are left out); a bare name uses
+    `--tracking-uri`, else $MLFLOW_TRACKING_URI, else the default store `runs/<name>/mlflow.db`,
+    writes to `runs/<name>/analysis` and takes every trial run of the study.
     """
     path = Path(study_or_yaml)
     if path.suffix in (".yaml", ".yml") and path.exists():
         from orchestrator.study import load_study
 
-        config = load_study(path).config
-        return config.name, tracking_uri or config.tracking_uri, out_dir or config.out / "analysis"
+        study = load_study(path)
+        config = study.config
+        return (config.name, tracking_uri or config.tracking_uri, out_dir or config.out / "analysis",
+                {t.trial_id for t in study.trials})
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         f"sqlite:///{(Path('runs') / study_or_yaml / 'mlflow.db').resolve()}"
-    return study_or_yaml, uri, out_dir or (Path("runs") / study_or_yaml / "analysis").resolve()
+    return study_or_yaml, uri, out_dir or (Path("runs") / study_or_yaml / "analysis").resolve(), None
 
 
 def run_analysis(study: str, tracking_uri: str, out_dir: Path, metric: str | None = None,
-                 include_failed: bool = False, *, n_boot: int = 1000, seed: int = 0, log_artifacts: bool = True):
-    """Load the study from MLflow and write the report; returns the `analysis.report.Report`."""
+                 include_failed: bool = False, *, n_boot: int = 1000, seed: int = 0, log_artifacts: bool = True,
+                 trial_ids: set[str] | None = None):
+    """Load the study from MLflow (only `trial_ids`, if given) and write the report; returns the
+    `analysis.report.Report`."""
     from analysis.load import load_studies
     from analysis.report import write_report
 
-    data = load_studies(tracking_uri, study, extra_keys=[metric] if metric else [])
+    data = load_studies(tracking_uri, study, extra_keys=[metric] if metric else [], trial_ids=trial_ids)
     return write_report(data, Path(out_dir), metric, include_failed=include_failed, n_boot=n_boot, seed=seed,
                         log_artifacts=log_artifacts)
 
@@ -80,9 +85,10 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the analysis; print where the report is and the headline fits, or the error message."""
-    name, uri, out = resolve_target(args.study, args.tracking_uri, args.out)
+    name, uri, out, trial_ids = resolve_target(args.study, args.tracking_uri, args.out)
     try:
-        report = run_analysis(name, uri, out, args.metric, args.include_failed, n_boot=args.bootstrap, seed=args.seed)
+        report = run_analysis(name, uri, out, args.metric, args.include_failed, n_boot=args.bootstrap, seed=args.seed,
+                              trial_ids=trial_ids)
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -214,7 +214,7 @@ def measure_sampling_speed(trials: pd.DataFrame, batch: int = 64, *, device: str
 def run_comparison(study: str, tracking_uri: str, out_dir: Path, metric: str | None = None, *, speed: bool = True,
                    batch: int = 64, n_boot: int = 1000, seed: int = 0, budgets: list[float] | None = None,
                    targets: list[float] | None = None, include_failed: bool = False, timed_nfe: int = 1,
-                   device: str = "auto", log_artifacts: bool = True):
+                   device: str = "auto", log_artifacts: bool = True, trial_ids: set[str] | None = None):
     """Load the study, compare the families, measure speed (unless `speed` is False), write and log everything.
 
     Returns the `analysis.compare.Comparison` (its `files`, `notes`, `logged_to` filled in).
@@ -222,7 +222,7 @@ def run_comparison(study: str, tracking_uri: str, out_dir: Path, metric: str | N
     from analysis.compare import compare_families, write_comparison
     from analysis.load import load_studies
 
-    data = load_studies(tracking_uri, study, extra_keys=[metric] if metric else [])
+    data = load_studies(tracking_uri, study, extra_keys=[metric] if metric else [], trial_ids=trial_ids)
     comp = compare_families(data, metric, budgets=budgets, targets=targets, n_boot=n_boot, seed=seed,
                             include_failed=include_failed)
     if speed:
@@ -277,13 +277,14 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run the comparison; print the headline numbers and where the files are, or the error message."""
-    name, uri, out = resolve_target(args.study, args.tracking_uri, args.out)
+    name, uri, out, trial_ids = resolve_target(args.study, args.tracking_uri, args.out)
     if args.out is None:
         out = out.parent / "compare"  # next to the analysis folder
     try:
         comp = run_comparison(name, uri, out, args.metric, speed=args.speed, batch=args.batch, n_boot=args.bootstrap,
                               seed=args.seed, budgets=args.budgets, targets=args.targets,
-                              include_failed=args.include_failed, timed_nfe=args.timed_nfe, device=args.device)
+                              include_failed=args.include_failed, timed_nfe=args.timed_nfe, device=args.device,
+                              trial_ids=trial_ids)
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

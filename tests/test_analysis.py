@@ -124,6 +124,19 @@ def test_load_gives_one_tidy_row_per_trial(store: str) -> None:
     assert len(with_failed.usable) == 5  # the diverged trial at its last finite evaluation
 
 
+def test_only_the_trials_of_the_study_file_as_it_stands(store: str) -> None:
+    """An edited grid: runs of trials the file no longer has are left out, with a note."""
+    every = load_studies(store, "some-diverged")
+    kept = set(every.trials["trial_id"][:3])
+    data = load_studies(store, "some-diverged", trial_ids=kept)
+    assert set(data.trials["trial_id"]) == kept and set(data.history["run_id"]) <= set(data.trials["run_id"])
+    assert data.notes == ["2 runs of trials no longer in the study file are left out "
+                          "(give the study name instead of the file to include them)"]
+    assert not every.notes
+    with pytest.raises(AnalysisError, match="none of the 2 trials of study 'some-diverged' as its file now stands"):
+        load_studies(store, "some-diverged", trial_ids={"not-run-1", "not-run-2"})
+
+
 def test_several_studies_load_into_one_frame(store: str) -> None:
     data = load_studies(store, ["pl-8", "frontier"])
     assert set(data.trials["study"]) == {"pl-8", "frontier"} and len(data.trials) == 10
