@@ -290,7 +290,8 @@ def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path,
         trainable,
         param_space={"trial_id": tune.grid_search([t.trial_id for t in todo])},
         # reused actors skip a process start and the torch import for every trial after the first wave
-        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent or 0, reuse_actors=True),
+        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent or _default_concurrency(res),
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{study.config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=storage,  # where Tune persists trial checkpoints: shared storage on a cluster
@@ -304,6 +305,23 @@ def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path,
         tuner.fit()  # Ctrl-C: Tune stops the trials and returns; MLflow says which ones finished
     except KeyboardInterrupt:
         pass
+
+
+def _default_concurrency(res: Any) -> int:
+    """Trials at once when the study does not say (0: as many as Tune can place).
+
+    A multi-worker trial's Tune process holds no CPU (its Ray Train workers do), so Tune alone would start
+    every trial's driver at once; cap them at what the cluster can run now.
+    """
+    if res.workers == 1:
+        return 0
+    import ray
+
+    total = ray.cluster_resources()
+    fits = [total.get("CPU", 0) // (res.cpus_per_trial * res.workers)]
+    if res.gpus_per_trial:
+        fits.append(total.get("GPU", 0) // (res.gpus_per_trial * res.workers))
+    return max(1, int(min(fits)))
 
 
 def collect_outcomes(study: Study, tracker: StudyTracker) -> list[TrialOutcome]:

@@ -57,7 +57,8 @@ class ResourcesConfig(StrictModel):
     gpus_per_trial: float = Field(0.0, ge=0, description="GPUs of one trial (of each worker when workers > 1).")
     workers: int = Field(1, ge=1, description="Data-parallel workers per trial (Ray Train; gloo on CPU, NCCL on "
                          "GPU); each takes train.batch_size / workers of every batch.")
-    max_concurrent: int | None = Field(None, ge=1, description="Trials at once (default: as many as the resources allow).")
+    max_concurrent: int | None = Field(None, ge=1, description="Trials at once (default: as many as the resources "
+                                       "allow; with workers > 1, as many as the cluster's CPUs/GPUs hold at start).")
     max_failures: int = Field(2, ge=0, description="Restarts of a crashed trial from its checkpoint.")
 
 
