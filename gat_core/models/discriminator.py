@@ -12,7 +12,17 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gat_core.models.layers import Attention, EqualLinear, RMSNorm, Rope2D, SwiGLU, init_xavier, patchify, sincos_2d
+from gat_core.models.layers import (
+    Attention,
+    EqualLinear,
+    RMSNorm,
+    Rope2D,
+    SwiGLU,
+    init_xavier,
+    patchify,
+    rms_norm,
+    sincos_2d,
+)
 
 
 class DBlock(nn.Module):
@@ -28,11 +38,13 @@ class DBlock(nn.Module):
         self.ls_mlp = nn.Parameter(torch.full((width,), layer_scale))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        # LayerScale is folded into the output projections (a weight-sized product instead of a
-        # token-sized one).  The residual stream is kept in the gains' dtype, fp32, as the
-        # unfolded fp32 gain times a bf16 branch made it under autocast.
-        h = h.to(self.ls_attn.dtype) + self.attn(self.norm1(h), out_scale=self.ls_attn)
-        return h + self.mlp(self.norm2(h), out_scale=self.ls_mlp)
+        # The norm gains and LayerScale are folded into the weights of the linears around them
+        # (weight-sized products instead of token-sized ones, forward and backward).  The residual
+        # stream is kept in the gains' dtype, fp32, as the unfolded fp32 gain times a bf16 branch
+        # made it under autocast.
+        attn_in = rms_norm(h, eps=self.norm1.eps)
+        h = h.to(self.ls_attn.dtype) + self.attn(attn_in, in_scale=self.norm1.weight, out_scale=self.ls_attn)
+        return h + self.mlp(rms_norm(h, eps=self.norm2.eps), in_scale=self.norm2.weight, out_scale=self.ls_mlp)
 
 
 class GATDiscriminator(nn.Module):

@@ -142,25 +142,31 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rope = rope
 
-    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """`out_scale` (per channel, e.g. LayerScale) multiplies the output, folded into the projection."""
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None,
+                out_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-channel `in_scale` (a norm gain) and `out_scale` (LayerScale) are folded into qkv and proj."""
         b, t, d = x.shape
-        qk, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).split([2, 1], dim=2)
+        qk, v = scaled_linear(self.qkv, x, in_scale).view(b, t, 3, self.heads, d // self.heads).split([2, 1], dim=2)
         gains = torch.stack([self.q_norm.weight, self.k_norm.weight])[:, None]  # [2, 1, head_dim]
         q, k = self.rope(rms_norm(qk, gains, self.q_norm.eps), token_dim=1).unbind(2)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.squeeze(2).transpose(1, 2))
-        return scaled_linear(self.proj, out.transpose(1, 2).reshape(b, t, d), out_scale)
+        return scaled_linear(self.proj, out.transpose(1, 2).reshape(b, t, d), out_scale=out_scale)
 
 
-def scaled_linear(linear: nn.Linear, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """scale * linear(x) for a per-output-channel scale, folded into the weight and bias.
+def scaled_linear(linear: nn.Linear, x: torch.Tensor, in_scale: torch.Tensor | None = None,
+                  out_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """out_scale * linear(x * in_scale) for per-channel scales, folded into the weight and bias.
 
-    Scaling the (out x in) weight costs far less than scaling the (tokens x out) output, and
-    the backward needs no activation-sized product either.
+    Scaling the (out x in) weight costs far less than scaling (tokens x channels) activations,
+    and the backward then needs no activation-sized product either: a norm gain in front of a
+    linear (in_scale) or a LayerScale behind it (out_scale) become free.
     """
-    if scale is None:
-        return linear(x)
-    return F.linear(x, linear.weight * scale[:, None], linear.bias * scale)
+    weight, bias = linear.weight, linear.bias
+    if in_scale is not None:
+        weight = weight * in_scale
+    if out_scale is not None:
+        weight, bias = weight * out_scale[:, None], bias * out_scale
+    return F.linear(x, weight, bias)
 
 
 class SwiGLU(nn.Module):
@@ -172,10 +178,11 @@ class SwiGLU(nn.Module):
         self.w12 = nn.Linear(dim, 2 * hidden)
         self.w3 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """`out_scale` (per channel, e.g. LayerScale) multiplies the output, folded into w3."""
-        a, b = self.w12(x).chunk(2, dim=-1)
-        return scaled_linear(self.w3, F.silu(a) * b, out_scale)
+    def forward(self, x: torch.Tensor, in_scale: torch.Tensor | None = None,
+                out_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-channel `in_scale` (a norm gain) and `out_scale` (LayerScale) are folded into w12 and w3."""
+        a, b = scaled_linear(self.w12, x, in_scale).chunk(2, dim=-1)
+        return scaled_linear(self.w3, F.silu(a) * b, out_scale=out_scale)
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
