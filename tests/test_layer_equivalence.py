@@ -80,6 +80,14 @@ def test_rms_norm_matches_the_mean_square_formula(affine: bool) -> None:
     assert_same_function(norm, lambda x: plain_rms_norm(x, norm.weight), [x], list(norm.parameters()))
 
 
+def test_rms_norm_hand_written_backward_is_exact_to_second_order() -> None:
+    """First and second derivatives (the exact R1/R2 penalties differentiate D's input gradient)."""
+    x = torch.randn(3, 4, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: rms_norm(x, w), (x, w))
+    assert torch.autograd.gradgradcheck(lambda x, w: rms_norm(x, w), (x, w))
+
+
 def test_rms_norm_accumulates_bf16_inputs_in_fp32_and_returns_bf16() -> None:
     x = (torch.randn(4, 64) * 30).bfloat16()
     y = rms_norm(x)
