@@ -10,10 +10,36 @@ from typing import Any
 import torch
 
 PREFIX, SUFFIX = "ckpt-", ".pt"
+FORMAT_KEY = "weights_format"
+WEIGHTS_FORMAT = 2
+"""Version of what the saved weights mean.  2: EqualLinear in the official GAT form (stored weight
+times lr_mult).  Files without the key are format 1 (stored weight times lr_mult / sqrt(fan_in)):
+their tensors have the same names and shapes but mean other weights, so they are refused."""
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used (names the file)."""
+
+
+class IncompatibleCheckpoint(CheckpointError):
+    """A readable file written by a version of gat-study whose weights mean something else."""
+
+
+def stamp(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with the current weights format recorded (every checkpoint and model file carries it)."""
+    return {**state, FORMAT_KEY: WEIGHTS_FORMAT}
+
+
+def check_format(state: dict[str, Any], path: Path, what: str = "checkpoint") -> dict[str, Any]:
+    """`state` itself, or IncompatibleCheckpoint naming the file when its weights format is not this version's."""
+    found = state.get(FORMAT_KEY, 1)
+    if found != WEIGHTS_FORMAT:
+        raise IncompatibleCheckpoint(
+            f"{what} {path}: written by another version of gat-study (weights format {found}, this version reads "
+            f"{WEIGHTS_FORMAT}: the lr-multiplied mapping layers are now stored as the official GAT code stores them). "
+            f"Loading it would give wrong weights; retrain the trial (delete its folder) or use the version that "
+            f"wrote it.")
+    return state
 
 
 def save_atomic(obj: Any, path: Path) -> Path:
@@ -40,7 +66,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     state = read(path, map_location)
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"checkpoint {path}: not a gat-study training checkpoint (no 'step' entry)")
-    return state
+    return check_format(state, path)
 
 
 def step_path(folder: Path, step: int) -> Path:
@@ -55,10 +81,15 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 
 def load_latest(folder: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-    """Newest readable checkpoint; warns about and skips corrupt newer ones; None if there is none."""
+    """Newest readable checkpoint; warns about and skips corrupt newer ones; None if there is none.
+
+    A readable checkpoint of another weights format is an error, not skipped: the older ones beside it
+    were written by the same version."""
     for path in reversed(list_checkpoints(folder)):
         try:
             return load(path, map_location)
+        except IncompatibleCheckpoint:
+            raise
         except CheckpointError as exc:
             warnings.warn(f"{exc}; falling back to the previous checkpoint", stacklevel=2)
     return None

@@ -18,6 +18,7 @@ from gat_core.models.registry import PRESETS, parse_preset
 DATASET_CHANNELS = {"digits": 1, "shapes": 3, "folder": 3}
 DATASET_CLASSES = {"digits": 10}
 AugmentOp = Literal["color", "translation", "cutout", "flip"]
+OFFICIAL_AUGMENT: tuple[AugmentOp, ...] = ("color", "translation", "cutout", "flip")
 
 
 class StrictModel(BaseModel):
@@ -190,7 +191,10 @@ class TrainConfig(StrictModel):
     r2_gamma: float = Field(0.1, ge=0, description="R2 weight (applied as gamma/2).")
     penalty: Literal["approx", "exact"] = Field("approx", description="Finite-difference or exact gradient penalties.")
     penalty_sigma: float = Field(0.01, gt=0, description="Perturbation std of the approximated penalties.")
-    augment: list[AugmentOp] = Field(default_factory=list, description="DiffAugment policy applied to real and fake.")
+    augment: list[AugmentOp] = Field(
+        default_factory=lambda: list(OFFICIAL_AUGMENT),
+        description="DiffAugment policy applied to real and fake in GAN trials; default: the official GAT recipe, all "
+        "four ops at probability 1; [] switches augmentation off.")
     vfm: VFMConfig | None = Field(None, description="VFM alignment of D (off when not configured).")
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig, description="Used by model.family: dit.")
     seed: int = Field(0, description="Seed of initialisation, noise and batch order.")
@@ -200,7 +204,12 @@ class TrainConfig(StrictModel):
     compile: bool = Field(False, description="torch.compile every transformer block (pays off on GPU, rarely on CPU).")
     collapse_loss_d: float | None = Field(
         None, gt=0, description="Divergence detector: stop as diverged when loss_d stays below this (D wins outright).")
-    collapse_patience: int = Field(5, ge=1, description="Consecutive reports below collapse_loss_d that count as collapse.")
+    collapse_diversity: float | None = Field(
+        None, gt=0, description="Divergence detector: stop as diverged when the diversity metric (eval.diversity_metric) "
+        "stays below this for collapse_patience consecutive evaluations after step 0 (mode collapse).")
+    collapse_patience: int = Field(
+        5, ge=1, description="Consecutive reports below collapse_loss_d (or evaluations below collapse_diversity) "
+        "that count as collapse.")
     log_every: int = Field(10, ge=1, description="Steps between metric reports.")
     checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
 
@@ -228,6 +237,15 @@ class EvalConfig(StrictModel):
         "fd_classifier", description="Primary quality metric (every evaluation), named by its feature extractor: "
         "fd_classifier (a classifier trained on the study data: no download), fid (Inception; needs "
         "eval.inception_weights), fd_dinov2 (needs eval.dinov2_weights), or kid_/precision_/recall_<extractor>.")
+    diversity: bool = Field(
+        True, description="Log diversity_<extractor of metric> (within-class spread of the samples' features over the "
+        "data's; 1 = as varied as the data, near 0 = mode collapse) beside the metric at every evaluation.")
+    health_min_diversity: float | None = Field(
+        0.2, ge=0, description="A finished trial whose final diversity is below this is tagged health=collapsed and "
+        "left out of fits by default (null: never).")
+    health_min_loss_d: float | None = Field(
+        0.01, ge=0, description="A finished GAN trial whose loss_d, averaged over the last 10 % of training, is below "
+        "this (D wins outright) is tagged health=collapsed (null: never).")
     extra_metrics: list[str] = Field(
         default_factory=list, description="Metrics computed at the final evaluation only, on the same samples, e.g. "
         "kid_classifier, precision_classifier, recall_classifier, fid, fid_inf.")
@@ -268,9 +286,21 @@ class EvalConfig(StrictModel):
         return list(dict.fromkeys(names))
 
     @property
+    def diversity_metric(self) -> str | None:
+        """`diversity_<x>` in the features of the primary metric's extractor (None when eval.diversity is off)."""
+        from gat_core.metrics.names import metric_name, parse_metric
+
+        return metric_name("diversity", parse_metric(self.metric).extractor) if self.diversity else None
+
+    @property
+    def interval_metrics(self) -> list[str]:
+        """What every in-training evaluation scores: the primary metric and the diversity metric."""
+        return list(dict.fromkeys([self.metric, *([self.diversity_metric] if self.diversity else [])]))
+
+    @property
     def final_metrics(self) -> list[str]:
-        """The primary metric, then the extra ones (the final evaluation's list)."""
-        return list(dict.fromkeys([self.metric, *self.extra_metrics]))
+        """The interval metrics, then the extra ones (the final evaluation's list)."""
+        return list(dict.fromkeys([*self.interval_metrics, *self.extra_metrics]))
 
 
 class TrialConfig(StrictModel):

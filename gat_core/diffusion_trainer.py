@@ -75,7 +75,7 @@ class DiffusionTrainer(TrialBase):
         with self.autocast():
             loss = diffusion_loss(self.model, x0, labels, self.diff.objective, self.diff.num_train_timesteps,
                                   self.scheduler)
-        self.optimise(self.opt, self.model, loss)
+        self.optimise(self.opt, loss)
         ema_update(self.ema, self.model, self.ema_decay())
         self.step += 1
         return {"loss_diffusion": loss.detach()}
@@ -111,7 +111,7 @@ class DiffusionTrainer(TrialBase):
         """The metric at `sample_steps` NFE and what sampling one image costs."""
         nfe, e = self.diff.sample_steps, self.cfg.eval
         noise = torch.Generator().manual_seed(EVAL_NOISE_SEED)
-        metrics = e.final_metrics if self.step >= self.total_steps else [e.metric]  # extras at the end only
+        metrics = e.final_metrics if self.step >= self.total_steps else e.interval_metrics  # extras at the end only
         return {**score_samples(self, num_samples, metrics, lambda labels: self.sample(labels, nfe, noise)),
                 "sample_gflops": self.sample_gflops(nfe), "sample_nfe": float(nfe)}
 

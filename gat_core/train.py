@@ -26,6 +26,7 @@ from gat_core.config import TrialConfig
 from gat_core.diagnostics import OutputProbe, block_utilisation
 from gat_core.distributed import DataParallel
 from gat_core.flops import TrialCost, trial_cost
+from gat_core.health import DivergenceCheck, Health, HealthCheck
 from gat_core.models.discriminator import GATDiscriminator
 from gat_core.models.generator import GATGenerator
 from gat_core.objectives.gan import Align, Judge, discriminator_loss, generator_loss
@@ -50,11 +51,15 @@ class TrainEvent:
 
 @dataclass
 class TrainResult:
+    """How a trial ended; `health` is the verdict on a completed one (`gat_core.health`)."""
+
     status: Literal["completed", "diverged"]
     step: int
     metrics: dict[str, float]
     reason: str = ""
     model_path: Path | None = None
+    health: Health = "ok"
+    health_reason: str = ""
 
 
 Report = Callable[[TrainEvent], None]
@@ -150,13 +155,13 @@ class Trainer(TrialBase):
                 loss_d, logs = discriminator_loss(self.judge, real, fake_levels, labels, t.r1_gamma, t.r2_gamma,
                                                   exact=exact, sigma=t.penalty_sigma, align=self._align(real),
                                                   align_weight=t.vfm.weight if t.vfm else 0.0)
-            self.optimise(self.opt_d, self.D, loss_d)
+            self.optimise(self.opt_d, loss_d)
 
         self.D.requires_grad_(False)
         with self.autocast():
             w = self.G.style(z, labels)
             loss_g, g_logs = generator_loss(self.judge, real, self.G.forward_levels(w), labels)
-        self.optimise(self.opt_g, self.G, loss_g)
+        self.optimise(self.opt_g, loss_g)
         self.G.update_w_avg(w, labels, t.w_avg_beta)
         ema_update(self.G_ema, self.G, self.ema_decay())
         self.step += 1
@@ -219,26 +224,6 @@ def make_trainer(cfg: TrialConfig, workdir: Path, cache_dir: Path | None = None)
     return Trainer(cfg, workdir, cache_dir)
 
 
-@dataclass
-class DivergenceCheck:
-    """Non-finite metrics always; optionally a collapse: loss_d below a floor for `patience` reports."""
-
-    collapse_loss_d: float | None
-    patience: int
-    strikes: int = 0
-
-    def check(self, step: int, metrics: dict[str, float]) -> str:
-        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-        if bad:
-            return f"non-finite {', '.join(bad)} at step {step}"
-        if self.collapse_loss_d is not None and "loss_d" in metrics:
-            self.strikes = self.strikes + 1 if metrics["loss_d"] < self.collapse_loss_d else 0
-            if self.strikes >= self.patience:
-                return (f"collapse at step {step}: loss_d below {self.collapse_loss_d} "
-                        f"for {self.patience} consecutive reports")
-        return ""
-
-
 def _mean_logs(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
     return {k: float(v) / count for k, v in sums.items()}
 
@@ -248,7 +233,9 @@ def _saved_result(result_file: Path, workdir: Path) -> TrainResult | None:
         return None
     saved = json.loads(result_file.read_text())
     return TrainResult(status=saved["status"], step=saved["step"], metrics=saved["metrics"],
-                       reason=saved.get("reason", ""), model_path=workdir / MODEL_FILE)
+                       reason=saved.get("reason", ""), model_path=workdir / MODEL_FILE,
+                       health=saved.get("health", "diverged" if saved["status"] == "diverged" else "ok"),
+                       health_reason=saved.get("health_reason", saved.get("reason", "")))
 
 
 def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_dir: Path | None = None,
@@ -291,7 +278,7 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
 
     sums: dict[str, torch.Tensor] = {}
     count, tic = 0, time.perf_counter()
-    divergence = DivergenceCheck(t.collapse_loss_d, t.collapse_patience)
+    divergence, health = DivergenceCheck.of(cfg), HealthCheck.of(cfg, total)
     while trainer.step < total:
         logs_now = (trainer.step + 1) % t.log_every == 0 or trainer.step + 1 == total
         before = trainer.probe_before() if logs_now else None
@@ -308,11 +295,16 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
             reason = divergence.check(step, metrics)
             if reason:
                 return _finish(trainer, report, "diverged", metrics, reason)
+            health.observe(step, metrics)
             report(TrainEvent("progress", step, total, metrics))
             sums, count, tic = {}, 0, time.perf_counter()
         if step % e.interval == 0 and step < total:
             grid = {"samples": trainer.sample_grid(workdir / "samples" / f"step-{step:09d}.png")} if main else {}
-            report(TrainEvent("eval", step, total, evaluation(e.num_samples), artifacts=grid))
+            scores = evaluation(e.num_samples)
+            reason = divergence.check_eval(step, scores)  # main worker's scores; every worker stops alike
+            if dp.any(bool(reason), device):
+                return _finish(trainer, report, "diverged", scores, reason or "collapse seen by the main worker")
+            report(TrainEvent("eval", step, total, scores, artifacts=grid))
         if step % t.checkpoint_every == 0 and step < total:
             dp.check_in_sync(*trainer.networks(), device=device)
             if main:
@@ -321,12 +313,15 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
 
     metrics = {**trainer.final_evaluate(e.final_samples), "train_flops": trainer.train_flops(),
                "trial_seconds": time.perf_counter() - began} if main else {}  # this attempt, setup and evaluations included
-    return _finish(trainer, report, "completed", metrics)
+    return _finish(trainer, report, "completed", metrics, verdict=health.verdict(metrics))
 
 
 def _finish(trainer: TrialBase, report: Report, status: Literal["completed", "diverged"],
-            metrics: dict[str, float], reason: str = "") -> TrainResult:
-    """Final checkpoint, model file, sample grid and result marker; then the final event."""
+            metrics: dict[str, float], reason: str = "", verdict: tuple[Health, str] | None = None) -> TrainResult:
+    """Final checkpoint, model file, sample grid and result marker; then the final event.
+
+    `verdict` is the health of a completed trial; a diverged one is unhealthy for its `reason`."""
+    health, health_reason = verdict or ("diverged", reason)
     if not trainer.dp.is_main:
         report(TrainEvent("final", trainer.step, trainer.total_steps))
         return TrainResult(status=status, step=trainer.step, metrics={}, reason=reason)
@@ -338,5 +333,7 @@ def _finish(trainer: TrialBase, report: Report, status: Literal["completed", "di
                       artifacts={"samples": grid, "model": model_path}))
     # written last: a crash before this point re-runs only the final evaluation and report
     (workdir / RESULT_FILE).write_text(json.dumps({"status": status, "step": trainer.step, "metrics": metrics,
-                                                   "reason": reason}, indent=2))
-    return TrainResult(status=status, step=trainer.step, metrics=metrics, reason=reason, model_path=model_path)
+                                                   "reason": reason, "health": health,
+                                                   "health_reason": health_reason}, indent=2))
+    return TrainResult(status=status, step=trainer.step, metrics=metrics, reason=reason, model_path=model_path,
+                       health=health, health_reason=health_reason)

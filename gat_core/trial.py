@@ -113,13 +113,15 @@ class TrialBase(ABC):
         return real if self.latent is None else self.sampler.last_pixels
 
     # --- training helpers ---------------------------------------------------------------------
-    def optimise(self, opt: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor) -> None:
-        """Backward, gradients averaged over data-parallel workers, clipping, step."""
+    def optimise(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """Backward, gradients averaged over data-parallel workers, one norm clip over every parameter
+        the optimiser steps (D's includes the REPA head, which is part of D), step."""
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        self.dp.average_gradients(p for group in opt.param_groups for p in group["params"])
+        params = [p for group in opt.param_groups for p in group["params"]]
+        self.dp.average_gradients(params)
         if self.cfg.train.grad_clip:
-            nn.utils.clip_grad_norm_(net.parameters(), self.cfg.train.grad_clip)
+            nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
         opt.step()
 
     def ema_decay(self) -> float:
@@ -164,11 +166,11 @@ class TrialBase(ABC):
 
     @torch.no_grad()
     def evaluate(self, num_samples: int) -> dict[str, float]:
-        """`{eval.metric: value, "eval_samples": n}`, plus `eval.extra_metrics` at the final evaluation (the
+        """`{eval.metric: value, eval.diversity_metric: value, "eval_samples": n}`, plus `eval.extra_metrics` at the final evaluation (the
         trial's last step), scored on the same samples; GAN trials also log their truncation psi (`eval_truncation`)."""
         e = self.cfg.eval
         final = self.step >= self.total_steps
-        out = score_samples(self, num_samples, e.final_metrics if final else [e.metric])
+        out = score_samples(self, num_samples, e.final_metrics if final else e.interval_metrics)
         if hasattr(self, "G_ema"):
             out["eval_truncation"] = float(e.truncation)
         return out
@@ -196,7 +198,8 @@ class TrialBase(ABC):
 
     def progress_state(self) -> dict:
         """Where training stands, whatever the model: step, config, batch order and random state."""
-        return {"step": self.step, "config": self.cfg.model_dump_json(), "sampler": self.sampler.state_dict(),
+        return {"step": self.step, ckpt.FORMAT_KEY: ckpt.WEIGHTS_FORMAT, "config": self.cfg.model_dump_json(),
+                "sampler": self.sampler.state_dict(),
                 "rng": torch.get_rng_state(),
                 **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})}
 
@@ -222,8 +225,8 @@ class TrialBase(ABC):
         """What sampling needs (EMA weights), saved as the trial's model file."""
 
     def save_model(self) -> Path:
-        state = {"step": self.step, "config": self.cfg.model_dump_json(), "num_classes": self.dataset.num_classes,
-                 **self.model_state()}
+        state = ckpt.stamp({"step": self.step, "config": self.cfg.model_dump_json(),
+                            "num_classes": self.dataset.num_classes, **self.model_state()})
         return ckpt.save_atomic(state, self.workdir / MODEL_FILE)
 
     def train_flops(self) -> float:

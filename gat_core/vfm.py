@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gat_core.models.layers import init_xavier
 from gat_core.weights import dinov2_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,12 +61,15 @@ class VFMTeacher(nn.Module):
 
 
 class REPAHead(nn.Module):
-    """MLP from D's token width to the teacher's feature width (training only)."""
+    """MLP from D's token width to the teacher's feature width (training only).
+
+    It belongs to D: optimised, and gradient-clipped, together with D's parameters."""
 
     def __init__(self, width: int, teacher_dim: int, hidden: int = 2048) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                                  nn.Linear(hidden, teacher_dim))
+        init_xavier(self)  # part of D in the official code, initialised as D is
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.mlp(tokens)

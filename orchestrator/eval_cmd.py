@@ -110,6 +110,10 @@ def evaluate_checkpoint(model_path: Path, metrics: list[str], num_samples: int, 
         raise ValueError(str(exc)) from None
     if not isinstance(state, dict) or "config" not in state:
         raise ValueError(f"model file {model_path}: no trial config inside; expected a trial's final_model.pt")
+    try:
+        ckpt.check_format(state, Path(model_path), what="model file")
+    except ckpt.CheckpointError as exc:
+        raise ValueError(str(exc)) from None
     cfg = TrialConfig.model_validate_json(state["config"])
     eval_cfg = _eval_config(cfg.eval, list(metrics), inception_weights=inception_weights,
                             dinov2_weights=dinov2_weights, reference_stats=reference_stats, truncation=truncation)

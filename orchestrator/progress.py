@@ -1,4 +1,4 @@
-"""Live progress of a study: a table of trials with status, step, latest metric and ETA."""
+"""Live progress of a study: a table of trials with status, step, latest metric and diversity, loss_d and ETA."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ REFRESH_SECONDS = 15.0
 class ProgressTable(tune.Callback):
     """Prints a compact trial table every REFRESH_SECONDS and whenever a trial ends."""
 
-    def __init__(self, names: dict[str, str], refresh: float = REFRESH_SECONDS) -> None:
+    def __init__(self, names: dict[str, str], metric: str, diversity: str | None,
+                 refresh: float = REFRESH_SECONDS) -> None:
         self.names, self.refresh = names, refresh
+        self.metric, self.diversity = metric, diversity
         self.latest: dict[str, dict[str, Any]] = {}
         self.first_seen: dict[str, tuple[float, int]] = {}
         self.last_print = 0.0
@@ -48,13 +50,14 @@ class ProgressTable(tune.Callback):
 
     def print_table(self, trials: list) -> None:
         self.last_print = time.monotonic()
-        lines = [f"{'trial':<40} {'status':<10} {'step':>11} {'fd':>9} {'loss_d':>7} {'eta':>7}"]
+        lines = [f"{'trial':<40} {'status':<10} {'step':>11} {self.metric[:14]:>14} {'diversity':>9} {'loss_d':>7} {'eta':>7}"]
         for trial in trials:
             tid = trial.config["trial_id"]
             row = self.latest.get(tid, {})
-            fd = next((v for k, v in row.items() if k.startswith("fd_")), None)
+            value = row.get(self.metric)
+            spread = row.get(self.diversity) if self.diversity else None
             step = f"{row.get('step', 0)}/{row.get('total_steps', '?')}"
             lines.append(f"{self.names.get(tid, tid)[:40]:<40} {trial.status.lower():<10} {step:>11} "
-                         f"{'-' if fd is None else f'{fd:.3f}':>9} {row.get('loss_d', float('nan')):>7.3f} "
-                         f"{self._eta(tid, row):>7}")
+                         f"{'-' if value is None else f'{value:.3f}':>14} {'-' if spread is None else f'{spread:.3f}':>9} "
+                         f"{row.get('loss_d', float('nan')):>7.3f} {self._eta(tid, row):>7}")
         print("\n".join(lines), file=sys.stderr, flush=True)

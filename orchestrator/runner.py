@@ -20,7 +20,7 @@ from typing import Any
 from orchestrator.plan import compute_columns
 from orchestrator.progress import ProgressTable
 from orchestrator.study import Study
-from orchestrator.tracking import FINAL_STATUSES, StudyTracker, TrialLogger
+from orchestrator.tracking import FINAL_STATUSES, HEALTH_REASON_TAG, HEALTH_TAG, StudyTracker, TrialLogger
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ class TrialOutcome:
     metric: float | None
     run_id: str
     workdir: Path
+    diversity: float | None = None
+    health: str = ""  # ok | collapsed | diverged once finished ("" before)
+    health_reason: str = ""
 
 
 def _newest_checkpoint(*folders: Path) -> Path | None:
@@ -180,7 +183,7 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
         return
     if not reported_final:  # finished in an earlier attempt whose last writes may not have reached MLflow
         logger.log(result.step, result.metrics)
-    logger.finish(result.status, result.step, result.reason)
+    logger.finish(result.status, result.step, result.reason, health=(result.health, result.health_reason))
 
 
 def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) -> None:
@@ -298,7 +301,8 @@ def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path,
             failure_config=tune.FailureConfig(max_failures=res.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
-            callbacks=[] if quiet else [ProgressTable(names)],
+            callbacks=[] if quiet else [ProgressTable(names, study.config.eval.metric,
+                                                       study.config.eval.diversity_metric)],
         ),
     )
     try:
@@ -326,14 +330,18 @@ def _default_concurrency(res: Any) -> int:
 
 def collect_outcomes(study: Study, tracker: StudyTracker) -> list[TrialOutcome]:
     runs = tracker.trial_runs(study.config.name)
-    metric = study.config.eval.metric
+    metric, diversity = study.config.eval.metric, study.config.eval.diversity_metric
     outcomes = []
     for t in study.trials:
         run = runs.get(t.trial_id)
         tags = run.data.tags if run else {}
+        status = tags.get("status", "pending")
+        health = tags.get(HEALTH_TAG, "diverged" if status == "diverged" else "ok" if status == "completed" else "")
         outcomes.append(TrialOutcome(
-            trial_id=t.trial_id, name=t.name, status=tags.get("status", "pending"),
+            trial_id=t.trial_id, name=t.name, status=status,
             step=int(tags.get("final_step", tags.get("logged_through_step", 0)) or 0),
             metric=run.data.metrics.get(metric) if run else None, run_id=run.info.run_id if run else "",
-            workdir=study.config.out / "trials" / t.trial_id))
+            workdir=study.config.out / "trials" / t.trial_id,
+            diversity=run.data.metrics.get(diversity) if run and diversity else None,
+            health=health, health_reason=tags.get(HEALTH_REASON_TAG, tags.get("reason", "") if health == "diverged" else "")))
     return outcomes

@@ -8,12 +8,20 @@ from orchestrator.study import Study, load_study
 
 
 def format_outcomes(study: Study, outcomes: list, uri: str) -> str:
-    metric = study.config.eval.metric
+    """One line per trial: status, step, the metric and the diversity beside it, and its health."""
+    metric, diversity = study.config.eval.metric, study.config.eval.diversity_metric or "diversity"
     lines = [f"study {study.config.name}: {sum(o.status == 'completed' for o in outcomes)}/{len(outcomes)} completed",
-             f"{'trial_id':<11} {'name':<40} {'status':<10} {'step':>7} {metric:>14}  run_id"]
+             f"{'trial_id':<11} {'name':<40} {'status':<10} {'step':>7} {metric:>14} {diversity:>20} {'health':<9}  run_id"]
+    notes = []
     for o in outcomes:
         value = "-" if o.metric is None else f"{o.metric:.4f}"
-        lines.append(f"{o.trial_id:<11} {o.name[:40]:<40} {o.status:<10} {o.step:>7} {value:>14}  {o.run_id}")
+        spread = "-" if o.diversity is None else f"{o.diversity:.3f}"
+        lines.append(f"{o.trial_id:<11} {o.name[:40]:<40} {o.status:<10} {o.step:>7} {value:>14} {spread:>20} "
+                     f"{o.health or '-':<9}  {o.run_id}")
+        if o.health in ("collapsed", "diverged"):
+            notes.append(f"  {o.name}: {o.health}: {o.health_reason or 'no reason recorded'}")
+    if notes:
+        lines += ["unhealthy trials (left out of analyze/compare fits by default):", *notes]
     lines.append(f"MLflow: {uri}  (experiment {study.config.experiment}; `mlflow ui --backend-store-uri {uri}`)")
     lines.append(f"checkpoints and samples: {study.config.out / 'trials'}/<trial_id>/")
     return "\n".join(lines)

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 STUDY_TAG = "gat_study.study"
 ROLE_TAG = "gat_study.role"
 PARENT_TAG = "mlflow.parentRunId"
+HEALTH_TAG = "health"  # ok | collapsed | diverged: the verdict of gat_core.health on a finished trial
+HEALTH_REASON_TAG = "health_reason"
 FINAL_STATUSES = ("completed", "diverged")
 PACKAGES = ("torch", "ray", "mlflow", "pydantic", "numpy", "scipy", "pandas", "diffusers", "timm", "gat-study")
 _MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
@@ -212,9 +214,13 @@ class TrialLogger:
         except Exception as exc:
             log.warning("MLflow artifact upload of %s failed: %s", path, exc)
 
-    def finish(self, status: str, step: int, reason: str = "", attempts: int = 6) -> None:
-        """Flush everything and set the final status, retrying for a while if the store is unavailable."""
+    def finish(self, status: str, step: int, reason: str = "", attempts: int = 6,
+               health: tuple[str, str] | None = None) -> None:
+        """Flush everything and set the final status (and the `health` verdict with its reason), retrying for a
+        while if the store is unavailable."""
         tags = {"status": status, "final_step": str(step), **({"reason": reason} if reason else {})}
+        if health is not None:
+            tags.update({HEALTH_TAG: health[0], HEALTH_REASON_TAG: health[1]})
         for attempt in range(attempts):
             if self.flush() and self._tags(tags):
                 try:

@@ -42,3 +42,15 @@ def ray_session():
     init_ray(None, dashboard=False, num_cpus=2)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory) -> Path:
+    """A randomly initialised DINOv2 ViT-S/14 state dict at the official 518 px grid (timm resamples it)."""
+    import timm
+    import torch
+
+    net = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0)
+    path = tmp_path_factory.mktemp("dino") / "dinov2_vits14.pth"
+    torch.save(net.state_dict(), path)
+    return path

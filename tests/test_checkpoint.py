@@ -187,7 +187,7 @@ def test_pickled_arbitrary_object_is_refused_without_running_it(tmp_path: Path) 
 
 def test_save_atomic_leaves_no_temporary_files_and_prune_keeps_the_newest(tmp_path: Path) -> None:
     for step in (1, 2, 3, 4):
-        ckpt.save_atomic({"step": step, "x": torch.tensor([step])}, ckpt.step_path(tmp_path, step))
+        ckpt.save_atomic(ckpt.stamp({"step": step, "x": torch.tensor([step])}), ckpt.step_path(tmp_path, step))
     assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.step_path(tmp_path, s).name for s in (1, 2, 3, 4)]
     ckpt.prune(tmp_path, 2)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["ckpt-000000003.pt", "ckpt-000000004.pt"]

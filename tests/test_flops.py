@@ -125,16 +125,6 @@ def test_cpu_attention_kernel_is_counted():
 # --- a real training iteration --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_dinov2(tmp_path_factory):
-    """A randomly initialised timm DINOv2 ViT-S/14 saved like the real checkpoint (no download)."""
-    timm = pytest.importorskip("timm")
-    net = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0)
-    path = tmp_path_factory.mktemp("dino") / "dinov2_vits14.pth"
-    torch.save(net.state_dict(), path)
-    return path
-
-
 @pytest.mark.parametrize("name", ["vit_small_patch14_dinov2", "vit_giant_patch14_reg4_dinov2"])
 def test_teacher_table_matches_timm(name):
     timm = pytest.importorskip("timm")

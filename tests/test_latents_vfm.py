@@ -32,17 +32,6 @@ def tiny_vae(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_dinov2(tmp_path_factory) -> Path:
-    """A randomly initialised DINOv2 ViT-S/14 state dict at the official 518 px grid (timm resamples it)."""
-    import timm
-
-    net = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0)
-    path = tmp_path_factory.mktemp("dino") / "dinov2_vits14.pth"
-    torch.save(net.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def encoded(tiny_vae, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("latents") / "shapes16"
     dataset = load_dataset(DataConfig(name="shapes", resolution=16, size=96))

@@ -160,5 +160,5 @@ def test_generator_block_with_addcmul_gates_matches_the_explicit_formula() -> No
 def test_equal_linear_scaling_the_input_equals_scaling_the_weight() -> None:
     layer = randomise(EqualLinear(24, 16, lr_mult=0.01)).double()
     x = torch.randn(5, 24, dtype=torch.float64)
-    plain = lambda x: F.linear(x, layer.weight * layer.scale, layer.bias * layer.lr_mult)  # noqa: E731
+    plain = lambda x: F.linear(x, layer.weight * layer.lr_mult, layer.bias * layer.lr_mult)  # noqa: E731  (lr_mult W, lr_mult b)
     assert_same_function(layer, plain, [x], list(layer.parameters()))

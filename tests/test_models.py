@@ -161,13 +161,16 @@ def test_swiglu_hidden_size_is_int_eight_thirds_of_width(dim: int, hidden: int) 
 
 # --------------------------------------------------------------------------------------------- EqualLinear
 
-def test_equal_linear_effective_weight_scale() -> None:
-    in_dim, out_dim, lr_mult = 256, 256, 0.01
+def test_equal_linear_is_the_official_form() -> None:
+    """Official GAT: stored weight Xavier-uniform with gain 1/lr_mult, used as lr_mult * W (bias likewise)."""
+    in_dim, out_dim, lr_mult = 256, 128, 0.01
     layer = EqualLinear(in_dim, out_dim, lr_mult=lr_mult)
-    stored_std = layer.weight.std().item()
-    effective = layer.weight * layer.scale
-    assert stored_std == pytest.approx(1 / lr_mult, rel=0.03)  # stored x100
-    assert effective.std().item() == pytest.approx(1 / math.sqrt(in_dim), rel=0.03)
+    bound = math.sqrt(6 / (in_dim + out_dim))  # xavier_uniform_ with gain 1
+    effective = layer.weight * lr_mult
+    assert effective.abs().max().item() <= bound * (1 + 1e-6)
+    assert effective.abs().max().item() > 0.95 * bound  # uniform on the whole interval, not narrower
+    assert effective.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)
+    assert torch.equal(layer.bias, torch.zeros(out_dim))
     with torch.no_grad():
         layer.bias.normal_()
     x = torch.randn(5, in_dim)
@@ -181,15 +184,14 @@ def _twins(in_dim: int, out_dim: int, lr_mult: float) -> tuple[EqualLinear, nn.L
         eq.bias.normal_()
     plain = nn.Linear(in_dim, out_dim).double()
     with torch.no_grad():
-        plain.weight.copy_(eq.weight * eq.scale)
+        plain.weight.copy_(eq.weight * lr_mult)
         plain.bias.copy_(eq.bias * lr_mult)
     return eq, plain
 
 
 def _effective(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(layer, EqualLinear):
-        return (layer.weight * layer.scale).detach().clone(), (layer.bias * layer.lr_mult).detach().clone()
-    return layer.weight.detach().clone(), layer.bias.detach().clone()
+    scale = layer.lr_mult if isinstance(layer, EqualLinear) else 1.0
+    return (layer.weight * scale).detach().clone(), (layer.bias * scale).detach().clone()
 
 
 def _one_step(layer: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, r: torch.Tensor
@@ -202,8 +204,8 @@ def _one_step(layer: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, r: 
     return w1 - w0, b1 - b0
 
 
-def test_equal_linear_sgd_step_is_scale_squared_times_a_plain_linear_step() -> None:
-    """With plain SGD the effective step shrinks by scale^2 = lr_mult^2 / in_dim (weights), lr_mult^2 (bias)."""
+def test_equal_linear_sgd_step_is_lr_mult_squared_times_a_plain_linear_step() -> None:
+    """With plain SGD the effective step shrinks by lr_mult^2 (gradient x lr_mult, then the step x lr_mult)."""
     in_dim, out_dim, lr_mult, lr = 16, 8, 0.01, 0.1
     eq, plain = _twins(in_dim, out_dim, lr_mult)
     x, r = torch.randn(4, in_dim, dtype=torch.float64), torch.randn(4, out_dim, dtype=torch.float64)
@@ -211,27 +213,21 @@ def test_equal_linear_sgd_step_is_scale_squared_times_a_plain_linear_step() -> N
     dw_eq, db_eq = _one_step(eq, torch.optim.SGD(eq.parameters(), lr=lr), x, r)
     dw_plain, db_plain = _one_step(plain, torch.optim.SGD(plain.parameters(), lr=lr), x, r)
     assert dw_plain.abs().min() > 0
-    torch.testing.assert_close(dw_eq, dw_plain * eq.scale**2, rtol=1e-4, atol=0)
+    torch.testing.assert_close(dw_eq, dw_plain * lr_mult**2, rtol=1e-4, atol=0)
     torch.testing.assert_close(db_eq, db_plain * lr_mult**2, rtol=1e-4, atol=0)
 
 
-def test_equal_linear_adam_step_is_lr_mult_slower() -> None:
-    """What the trainer relies on: under Adam the effective step is lr_mult times that of lr_mult=1."""
-    in_dim, out_dim, lr = 16, 8, 1e-3
-    slow, _ = _twins(in_dim, out_dim, 0.01)
-    fast = EqualLinear(in_dim, out_dim, lr_mult=1.0).double()
-    with torch.no_grad():  # same effective initial function
-        fast.weight.copy_(slow.weight * slow.scale / fast.scale)
-        fast.bias.copy_(slow.bias * slow.lr_mult)
+@pytest.mark.parametrize("in_dim", [16, 2048])
+def test_equal_linear_adam_step_moves_the_effective_weight_by_lr_times_lr_mult(in_dim: int) -> None:
+    """The official formula: one Adam step moves every effective weight and bias by lr * lr_mult, whatever
+    the fan-in (the StyleGAN form moved it sqrt(fan_in) times less: 45x at fan-in 2048)."""
+    out_dim, lr, lr_mult = 8, 1e-3, 0.01
+    eq, _ = _twins(in_dim, out_dim, lr_mult)
     x, r = torch.randn(4, in_dim, dtype=torch.float64), torch.randn(4, out_dim, dtype=torch.float64)
-    torch.testing.assert_close(slow(x), fast(x))
     adam = dict(lr=lr, betas=(0.0, 0.99), eps=1e-12, weight_decay=0.0)
-    dw_slow, db_slow = _one_step(slow, torch.optim.AdamW(slow.parameters(), **adam), x, r)
-    dw_fast, db_fast = _one_step(fast, torch.optim.AdamW(fast.parameters(), **adam), x, r)
-    torch.testing.assert_close(dw_slow, 0.01 * dw_fast, rtol=1e-3, atol=0)
-    torch.testing.assert_close(db_slow, 0.01 * db_fast, rtol=1e-3, atol=0)
-    # a plain Linear under Adam moves each weight by ~lr; the slow EqualLinear by lr * lr_mult / sqrt(in_dim)
-    assert dw_slow.abs().max().item() == pytest.approx(lr * 0.01 / math.sqrt(in_dim), rel=1e-3)
+    dw, db = _one_step(eq, torch.optim.AdamW(eq.parameters(), **adam), x, r)
+    torch.testing.assert_close(dw.abs(), torch.full_like(dw, lr * lr_mult), rtol=1e-3, atol=0)
+    torch.testing.assert_close(db.abs(), torch.full_like(db, lr * lr_mult), rtol=1e-3, atol=0)
 
 
 # --------------------------------------------------------------------------------------------- registry

@@ -224,7 +224,7 @@ def test_d_loss_is_softplus_of_the_paired_relativistic_difference() -> None:
     torch.manual_seed(11)
     loss, logs = discriminator_loss(judge, real, fakes, labels, 0.0, 0.0)
     torch.manual_seed(11)
-    real_draw, fake_draw = judge.draw(real), judge.draw(real)
+    real_draw, fake_draw = judge.draw(real), judge.draw(fakes[-1])
     with torch.no_grad():
         d_real = judge([real] * 4, labels, real_draw)
         d_fake = judge(fakes, labels, fake_draw)

@@ -21,7 +21,8 @@ from torch import Tensor
 from gat_core.data import sample_labels
 from gat_core.metrics.frechet import FeatureExtractor, frechet_distance, reference
 from gat_core.metrics.names import extractors_of, parse_metric
-from gat_core.metrics.scores import fd_infinity, kid, precision_recall
+from gat_core.metrics.names import REAL_FEATURE_KINDS
+from gat_core.metrics.scores import fd_infinity, kid, precision_recall, within_class_spread
 from gat_core.metrics.stats import ReferenceBatch, RunningStats
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class Reference:
     stats: RunningStats
     features: np.ndarray | None = None  # real feature vectors, for the per-sample metrics
     source: str = ""
+    class_spread: float | None = None  # within-class spread of the dataset's features (diversity_<x>)
 
 
 class Evaluator:
@@ -57,6 +59,8 @@ class Evaluator:
                 raise ValueError(f"metric {name}: the evaluator has no {spec.extractor} extractor")
             if spec.kind in ("kid", "precision", "recall") and self.references[spec.extractor].features is None:
                 raise ValueError(f"metric {name}: no real {spec.extractor} features to compare with")
+            if spec.kind == "diversity" and self.references[spec.extractor].class_spread is None:
+                raise ValueError(f"metric {name}: no labelled real {spec.extractor} features to compare with")
 
     @torch.no_grad()
     def __call__(self, generate: Callable[[Tensor], Tensor], metrics: Sequence[str], num_samples: int,
@@ -76,11 +80,14 @@ class Evaluator:
         keep = {s.extractor for s in specs if s.per_sample}
         stats = {e: RunningStats(self.extractors[e].dim) for e in needed}
         kept: dict[str, list[np.ndarray]] = {e: [] for e in keep}
+        label_chunks: list[np.ndarray] = []
         g = torch.Generator().manual_seed(seed)
         out: dict[str, float] = {}
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
-            images = generate(sample_labels(num_classes, n, g))
+            labels = sample_labels(num_classes, n, g)
+            label_chunks.append(labels.numpy())
+            images = generate(labels)
             if images.ndim != 4 or images.shape[0] != n:
                 raise ValueError(f"generate: expected {n} images [N, C, H, W] for {n} labels, got {list(images.shape)}")
             if not torch.isfinite(images).all():
@@ -100,6 +107,9 @@ class Evaluator:
                 out[spec.name] = frechet_distance(s.mean, s.cov, ref.stats.mean, ref.stats.cov)
             elif spec.kind == "fd_inf":
                 out[spec.name] = fd_infinity(features[spec.extractor], ref.stats, points=self.fd_inf_points)[0]
+            elif spec.kind == "diversity":
+                spread = within_class_spread(features[spec.extractor], np.concatenate(label_chunks))
+                out[spec.name] = spread / ref.class_spread
             elif spec.kind == "kid":
                 mean, std = kid(features[spec.extractor], ref.features, self.kid_subsets, self.kid_subset_size)
                 out[spec.name], out[f"{spec.name}_std"] = mean, std
@@ -129,7 +139,8 @@ def build_evaluator(eval_cfg, dataset, cache_dir: Path, device: str | torch.devi
     from gat_core.metrics.extractors import build_extractor
 
     metrics = list(metrics) if metrics is not None else eval_cfg.final_metrics
-    needs_real_features = {parse_metric(m).extractor for m in metrics if parse_metric(m).kind in ("kid", "precision", "recall")}
+    needs_real_features = {parse_metric(m).extractor for m in metrics if parse_metric(m).kind in REAL_FEATURE_KINDS}
+    needs_spread = {parse_metric(m).extractor for m in metrics if parse_metric(m).kind == "diversity"}
     primary = parse_metric(eval_cfg.metric).extractor
     extractors: dict[str, FeatureExtractor] = {}
     references: dict[str, Reference] = {}
@@ -159,4 +170,7 @@ def build_evaluator(eval_cfg, dataset, cache_dir: Path, device: str | torch.devi
         else:
             stats, feats = reference(extractor, data(), cache_dir, batch_size, features=want_feats)
             references[name] = Reference(stats, feats, f"dataset {getattr(dataset, 'name', '?')}")
+        if name in needs_spread:  # the dataset's own labelled features, whatever the FD reference is
+            real = reference(extractor, data(), cache_dir, batch_size, features=True)[1]
+            references[name].class_spread = within_class_spread(real, data().labels.numpy())
     return Evaluator(extractors, references), accuracy

@@ -7,7 +7,11 @@ Grammar (`parse_metric`):
 - `fid_inf`, `fd_inf_<extractor>`: FID∞ / FD∞ (Chong & Forsyth 2020), FD_N fitted over several N and
   extrapolated to 1/N = 0;
 - `kid_<extractor>`: kernel distance (unbiased MMD², cubic polynomial kernel, averaged over subsets);
-- `precision_<extractor>`, `recall_<extractor>`: k-NN manifold precision and recall (Kynkäänniemi et al. 2019).
+- `precision_<extractor>`, `recall_<extractor>`: k-NN manifold precision and recall (Kynkäänniemi et al. 2019);
+- `diversity_<extractor>`: within-class spread of the generated features over that of the real data,
+  sum_i ||f_i - mean_{class(i)}||^2 / N of the samples divided by the same of the dataset (1 = as varied
+  within each class as the data, near 0 = every z of a class gives the same image: mode collapse).
+  GAN trials log it beside the quality metric at every evaluation (`EvalConfig.diversity_metric`).
 
 Extractors: `inception` (TF-Inception port of torch-fidelity), `dinov2` (DINOv2 ViT-*/14), `classifier`
 (the project's own network, trained on the study dataset).  Values of different extractors are on
@@ -19,9 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 EXTRACTORS = ("inception", "dinov2", "classifier")
-KINDS = ("fd", "fd_inf", "kid", "precision", "recall")
-PER_SAMPLE_KINDS = frozenset({"fd_inf", "kid", "precision", "recall"})  # need the features, not only mean/cov
-GRAMMAR = ("fid, fid_inf, fd_<x>, fd_inf_<x>, kid_<x>, precision_<x>, recall_<x> with <x> one of "
+KINDS = ("fd", "fd_inf", "kid", "precision", "recall", "diversity")
+PER_SAMPLE_KINDS = frozenset({"fd_inf", "kid", "precision", "recall", "diversity"})  # need the features, not only mean/cov
+REAL_FEATURE_KINDS = frozenset({"kid", "precision", "recall", "diversity"})  # need the real features too
+HIGHER_IS_BETTER_KINDS = frozenset({"precision", "recall", "diversity"})
+GRAMMAR = ("fid, fid_inf, fd_<x>, fd_inf_<x>, kid_<x>, precision_<x>, recall_<x>, diversity_<x> with <x> one of "
            + ", ".join(EXTRACTORS) + " (fd_/fd_inf_ take dinov2 or classifier: the Inception ones are fid and fid_inf)")
 
 
@@ -40,7 +46,7 @@ class MetricSpec:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.kind in ("precision", "recall")
+        return self.kind in HIGHER_IS_BETTER_KINDS
 
 
 def metric_name(kind: str, extractor: str) -> str:
@@ -59,7 +65,7 @@ def parse_metric(name: str) -> MetricSpec:
         return MetricSpec(text, "fd", "inception")
     if text == "fid_inf":
         return MetricSpec(text, "fd_inf", "inception")
-    for kind in ("fd_inf", "fd", "kid", "precision", "recall"):  # fd_inf before fd: longest prefix first
+    for kind in ("fd_inf", "fd", "kid", "precision", "recall", "diversity"):  # fd_inf before fd: longest prefix first
         prefix = f"{kind}_"
         if text.startswith(prefix):
             extractor = text[len(prefix):]

@@ -1,4 +1,4 @@
-"""Metrics on per-sample features: KID, k-NN precision/recall, and FD∞ (FID∞).
+"""Metrics on per-sample features: KID, k-NN precision/recall, within-class spread, and FD∞ (FID∞).
 
 All take features as [N, d] arrays or tensors (generated first, real second) and compute in float64.
 """
@@ -120,3 +120,19 @@ def fd_infinity(gen: Tensor | np.ndarray, ref: RunningStats, points: int = 15, m
     fds_arr = np.array(fds)
     slope, intercept = np.polyfit(1.0 / ns, fds_arr, 1)
     return float(intercept), ns, fds_arr
+
+
+def within_class_spread(features: Tensor | np.ndarray, labels: np.ndarray) -> float:
+    """Mean squared distance of each feature vector to its class mean: sum_i ||f_i - mu_{y_i}||^2 / N.
+
+    The numerator of `diversity_<x>`; a class-conditional generator whose samples of a class are all
+    alike has a spread near 0 even when its classes differ from each other."""
+    x = _f64(features)
+    labels = np.asarray(labels)
+    if labels.shape != (len(x),):
+        raise ValueError(f"within_class_spread: {len(x)} features but labels of shape {list(labels.shape)}")
+    classes, index = np.unique(labels, return_inverse=True)
+    sums = np.zeros((len(classes), x.shape[1]))
+    np.add.at(sums, index, x)
+    means = sums / np.bincount(index)[:, None]
+    return float(((x - means[index]) ** 2).sum(1).mean())

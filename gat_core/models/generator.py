@@ -124,7 +124,10 @@ class GATGenerator(nn.Module):
     def forward_levels(self, w: torch.Tensor, skip_block: int | None = None) -> list[torch.Tensor]:
         """All K cumulative outputs, shallowest first.  `skip_block` drops one block (diagnostics)."""
         w_act = nn.functional.silu(w)
-        h = self.pos.expand(w.shape[0], -1, -1).to(w.dtype)
+        # The residual stream stays in the position grid's dtype (fp32) under autocast, as in the
+        # official code, whose fp32 position parameter promotes every residual add: each gated block
+        # update is added in fp32, not rounded to bf16.
+        h = self.pos.expand(w.shape[0], -1, -1)
         outputs: list[torch.Tensor] = []
         image: torch.Tensor | None = None
         heads = iter(self.out_heads)

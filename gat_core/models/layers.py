@@ -74,23 +74,26 @@ def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 class EqualLinear(nn.Module):
-    """Linear with an equalised learning-rate multiplier.
+    """Linear with a learning-rate multiplier, in the official GAT form.
 
-    Weights are stored divided by `lr_mult` and multiplied back at run time, so
-    Adam's per-parameter step moves the effective weight `lr_mult` times slower.
+    The stored weight is initialised Xavier-uniform with gain 1 / lr_mult and used as
+    W_eff = lr_mult * W (the bias likewise), so the effective weight starts Xavier-uniform and
+    one Adam step, which moves each stored entry by about lr, moves it by about lr * lr_mult.
+    (Not StyleGAN's randn / lr_mult with a further 1 / sqrt(fan_in) at run time, whose steps are
+    sqrt(fan_in) times smaller.)
     """
 
     def __init__(self, in_dim: int, out_dim: int, lr_mult: float = 1.0) -> None:
         super().__init__()
         self.lr_mult = lr_mult
-        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mult)
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
         self.bias = nn.Parameter(torch.zeros(out_dim))
-        self.scale = lr_mult / math.sqrt(in_dim)
+        nn.init.xavier_uniform_(self.weight, gain=1.0 / lr_mult)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (x * scale) W^T == x (scale W)^T: scaling the input costs batch x in_dim, not in_dim x out_dim
-        # (4M elements per call, forward and backward, for D's 2048-wide class mapping)
-        return F.linear(x * self.scale, self.weight, self.bias * self.lr_mult)
+        # x (lr_mult W)^T + lr_mult b, with lr_mult applied to the input: batch x in_dim products
+        # instead of in_dim x out_dim (4M elements per call for D's 2048-wide class mapping)
+        return F.linear(x * self.lr_mult, self.weight, self.bias * self.lr_mult)
 
 
 def sincos_2d(width: int, grid: int) -> torch.Tensor:

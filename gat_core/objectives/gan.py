@@ -29,7 +29,8 @@ class Judge:
     augment: DiffAugment
 
     def draw(self, like: torch.Tensor) -> tuple[AugmentParams, list[torch.Tensor]]:
-        """One draw of augmentation parameters and nested noise for a batch."""
+        """One draw of augmentation parameters and nested noise for a batch like `like`, whose colour
+        means the draw keeps (the reals, or G's final level for a fake stack, as the official code)."""
         return self.augment.sample(like), nested_noise(like, self.ts)
 
     def __call__(self, levels: list[torch.Tensor], labels: torch.Tensor,
@@ -69,7 +70,7 @@ def discriminator_loss(judge: Judge, real: torch.Tensor, fake_levels: list[torch
         real = real.detach().requires_grad_(True)
         fake_levels = [x.detach().requires_grad_(True) for x in fake_levels]
     real_levels = [real] * len(judge.ts)
-    real_draw, fake_draw = judge.draw(real), judge.draw(real)
+    real_draw, fake_draw = judge.draw(real), judge.draw(fake_levels[-1])
     if align is not None:
         d_real, tokens = judge(real_levels, labels, real_draw, return_tokens=True)
     else:
@@ -93,6 +94,6 @@ def generator_loss(judge: Judge, real: torch.Tensor, fake_levels: list[torch.Ten
     """G step: the reversed pair loss; real logits without gradient, fresh augmentation and noise."""
     with torch.no_grad():
         d_real = judge([real] * len(judge.ts), labels, judge.draw(real))
-    d_fake = judge(fake_levels, labels, judge.draw(real))
+    d_fake = judge(fake_levels, labels, judge.draw(fake_levels[-1]))
     loss = F.softplus(-(d_fake - d_real)).mean()
     return loss, {"loss_g": loss.detach()}
