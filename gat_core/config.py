@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gat_core.models.registry import PRESETS, parse_preset
 
-DATASET_CHANNELS = {"digits": 1, "shapes": 3, "folder": 3}
-DATASET_CLASSES = {"digits": 10}
+DATASET_CHANNELS = {"digits": 1, "shapes": 3, "photos": 3, "folder": 3}
+DATASET_CLASSES = {"digits": 10, "photos": 3}
+DATASET_NAMES = tuple(DATASET_CHANNELS)
 AugmentOp = Literal["color", "translation", "cutout", "flip"]
 OFFICIAL_AUGMENT: tuple[AugmentOp, ...] = ("color", "translation", "cutout", "flip")
 
@@ -30,13 +31,14 @@ class StrictModel(BaseModel):
 class DataConfig(StrictModel):
     """Which images a trial trains on, at which resolution (pixel space, [-1, 1])."""
 
-    name: Literal["digits", "shapes", "folder"] = Field(
-        "shapes", description="digits: scikit-learn 8x8 digits; shapes: procedural coloured shapes; folder: one subfolder per class")
+    name: Literal["digits", "shapes", "photos", "folder"] = Field(
+        "shapes", description="digits: scikit-learn 8x8 digits; shapes: procedural coloured shapes; photos: crops of "
+        "the sample photographs scikit-learn and matplotlib ship (one class per photo); folder: one subfolder per class")
     resolution: int = Field(16, ge=4, le=1024, description="Side length in pixels the images are resized to.")
     path: Path | None = Field(None, description="Root folder of a `folder` dataset (one subfolder per class).")
     num_classes: int | None = Field(None, ge=1, description="Number of classes of `shapes` (default 10); fixed by the data otherwise.")
-    size: int = Field(8000, ge=16, description="Number of images generated for `shapes`.")
-    seed: int = Field(0, description="Seed of procedural data.")
+    size: int = Field(8000, ge=16, description="Number of images generated for `shapes` or cropped for `photos`.")
+    seed: int = Field(0, description="Seed of procedural data (shapes, photo crops).")
     latents: Path | None = Field(
         None, description="Folder written by `gat-study encode`: train in that VAE latent space instead of pixels.")
 

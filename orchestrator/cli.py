@@ -8,7 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from orchestrator.study import StudyConfig, StudyError, load_study
+from gat_core.config import DATASET_NAMES
+from orchestrator.study import StudyConfig, StudyError, check_tracking_uri, load_study
 
 
 def _add_study_args(p: argparse.ArgumentParser) -> None:
@@ -61,10 +62,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     from gat_core.config import DataConfig
     from gat_core.data import load_dataset
-    from gat_core.latents import encode_dataset, folder_source, memory_source
+    from gat_core.latents import VAE_ENV, VAE_HINT, encode_dataset, folder_source, memory_source
+    from gat_core.weights import resolve_local
 
+    resolve_local(args.vae, VAE_ENV, "--vae", VAE_HINT, folder=True)  # every path is checked before any work
     data_cfg = DataConfig(name=args.dataset, resolution=args.resolution, path=args.path,
                           **({"size": args.size} if args.size else {}))
+    if data_cfg.name == "folder" and not data_cfg.path.is_dir():
+        raise ValueError(f"--path: folder {data_cfg.path} does not exist or is not a directory")
     if data_cfg.name == "folder":  # read file by file: the folder need not fit in memory
         source = folder_source(data_cfg.path, data_cfg.resolution)
     else:
@@ -95,8 +100,23 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def tracking_uri(text: str) -> str:
+    """argparse type of --tracking-uri: a usage error naming the accepted forms, not a traceback later."""
+    try:
+        return check_tracking_uri(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    return f"gat-study {metadata.version('gat-study')}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gat-study", description=__doc__)
+    parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -111,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run (or resume) a study on Ray Tune, logging to MLflow")
     _add_study_args(p)
     p.add_argument("--address", help="existing Ray cluster (auto, host:port, ray://...); default: embedded local Ray")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under the study's output folder)")
+    p.add_argument("--tracking-uri", type=tracking_uri, help="MLflow tracking URI (default: sqlite under the study's output folder)")
     p.add_argument("--storage", help="where Ray Tune persists trial checkpoints (a shared path or URI on a cluster; "
                                      "default <output_dir>/ray)")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard (on 127.0.0.1)")
@@ -131,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("encode", help="encode a dataset into VAE latents (diffusers AutoencoderKL), memory-mappable arrays")
-    p.add_argument("dataset", choices=["digits", "shapes", "folder"])
+    p.add_argument("dataset", choices=DATASET_NAMES)
     p.add_argument("--vae", type=Path, required=True, help="local AutoencoderKL folder (save_pretrained format)")
     p.add_argument("--out", type=Path, required=True, help="output folder for moments.npy, labels.npy, images.npy and meta.json")
     p.add_argument("--resolution", type=int, default=256, help="image resolution before encoding")
@@ -153,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="where a study stands, from MLflow")
     _add_study_args(p)
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
+    p.add_argument("--tracking-uri", type=tracking_uri, help="MLflow tracking URI (default: the study's)")
     p.set_defaults(func=cmd_status)
+    for command in sub.choices.values():  # -v works after the subcommand too (SUPPRESS: no default to clobber)
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     return parser
 
 

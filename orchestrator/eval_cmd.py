@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gat_core.config import DataConfig, EvalConfig, TrialConfig
+from gat_core.config import DATASET_NAMES, DataConfig, EvalConfig, TrialConfig
 from gat_core.metrics.names import extractors_of, parse_metric
 
 if TYPE_CHECKING:
@@ -107,7 +107,11 @@ def evaluate_checkpoint(model_path: Path, metrics: list[str], num_samples: int, 
     try:
         state = ckpt.read(Path(model_path), what="model file")
     except ckpt.CheckpointError as exc:  # a plain ValueError: the CLI prints it as `error: ...`
-        raise ValueError(str(exc)) from None
+        if not Path(model_path).is_file():
+            raise ValueError(str(exc)) from None
+        raise ValueError(f"model file {model_path}: not a gat-study model file (expected a trial's final_model.pt, "
+                         f"written by `gat-study run` under <output_dir>/trials/<trial_id>/; torch could not read "
+                         f"it: {type(exc.__cause__).__name__ if exc.__cause__ else 'unreadable'})") from None
     if not isinstance(state, dict) or "config" not in state:
         raise ValueError(f"model file {model_path}: no trial config inside; expected a trial's final_model.pt")
     try:
@@ -241,7 +245,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("ref-stats", help="write a dataset's reference feature statistics (.npz with mu, sigma)")
-    p.add_argument("dataset", choices=["digits", "shapes", "folder"])
+    p.add_argument("dataset", choices=DATASET_NAMES)
     p.add_argument("--extractor", required=True, choices=["inception", "dinov2", "classifier"])
     p.add_argument("--out", type=Path, required=True, help="output .npz")
     p.add_argument("--resolution", type=int, default=16)

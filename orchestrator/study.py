@@ -62,11 +62,31 @@ class ResourcesConfig(StrictModel):
     max_failures: int = Field(2, ge=0, description="Restarts of a crashed trial from its checkpoint.")
 
 
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_tracking_uri(uri: str) -> str:
+    """`uri` itself when MLflow can use it as a tracking store (a local path or one of TRACKING_SCHEMES,
+    database dialects such as postgresql+psycopg2 included); ValueError naming the accepted forms otherwise."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if (scheme and scheme not in TRACKING_SCHEMES) or not uri.strip() or (scheme in ("http", "https", "sqlite")
+                                                                         and uri.split("://", 1)[1] in ("", "/")):
+        raise ValueError(f"tracking URI {uri!r} is not one MLflow can use; expected sqlite:///path/to/mlflow.db, "
+                         "http(s)://host:port (an MLflow server), file:///folder, a database URI "
+                         "(postgresql://..., mysql://...) or a local folder")
+    return uri
+
+
 class TrackingConfig(StrictModel):
     """Where results go: an MLflow URI (default: sqlite under the output folder) and experiment."""
 
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite:///<output_dir>/mlflow.db.")
     experiment: str | None = Field(None, description="MLflow experiment; default: the study name.")
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, uri: str | None) -> str | None:
+        return None if uri is None else check_tracking_uri(uri)
 
 
 class StudyConfig(StrictModel):
@@ -165,9 +185,31 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
         node[leaf] = value
 
 
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
 class _StudyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader whose unreadable scalars (2001-02-30, `!!int many`, a 5000-digit int) are YAML errors
-    with a position instead of a ValueError from deep inside the constructor."""
+    """yaml.SafeLoader with YAML 1.2 booleans and strict mappings.
+
+    Only true/false (any case style) are booleans: YAML 1.1's on/off/yes/no stay strings, so
+    `train.mng: [exp, off]` means the schedule named "off" (a boolean field still takes "off" as
+    false).  A key given twice in one mapping is an error, not a silent last-one-wins.  Unreadable
+    scalars (2001-02-30, `!!int many`, a 5000-digit int) are YAML errors with a position instead of a
+    ValueError from deep inside the constructor."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {_short(key)} (a key may appear once in a mapping)", key_node.start_mark)
+            seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+        return super().construct_mapping(node, deep)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
@@ -176,6 +218,9 @@ class _StudyLoader(yaml.SafeLoader):
             problem = f"cannot read {_short(node.value)[1:-1]} as a YAML {node.tag.rsplit(':', 1)[-1]}"
             raise yaml.constructor.ConstructorError(
                 None, None, f"{problem} (quote it to make it a string)", node.start_mark) from None
+
+
+_StudyLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _safe_load(text: str) -> Any:
@@ -313,6 +358,33 @@ def path_problems(config: StrictModel) -> list[str]:
     return problems
 
 
+PATH_KEYS = ("dataset.path", "dataset.latents", "train.vfm.weights", "eval.vae", "eval.inception_weights",
+             "eval.dinov2_weights", "eval.reference_stats")
+"""The file and folder keys of a trial; relative values are resolved against the working directory."""
+
+
+def absolute_paths(tree: dict[str, Any], cwd: Path) -> dict[str, Any]:
+    """A copy of a trial tree whose relative path values (PATH_KEYS) are made absolute against `cwd`, so a
+    Ray worker, whose working directory is not the user's, finds the same files."""
+    tree = copy.deepcopy(tree)
+    for key in PATH_KEYS:
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(leaf), str) and node[leaf] and "\0" not in node[leaf]:
+            node[leaf] = str(cwd / Path(node[leaf]).expanduser())
+    return tree
+
+
+def data_problems(config: TrialConfig) -> list[str]:
+    """'key: what' lines for data that cannot be found (checked before anything runs)."""
+    d = config.dataset
+    if d.name == "folder" and d.path is not None and d.latents is None and not d.path.is_dir():
+        return [f"dataset.path: folder {d.path} does not exist or is not a directory"]
+    return []
+
+
 def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """Cartesian product of the grid's value lists, in file order (first key varies slowest)."""
     keys = list(grid)
@@ -354,7 +426,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     if problems := [f"{where}: {line}" for line in path_problems(config)]:
         raise StudyError(problems)
 
-    base = {section: raw.get(section, {}) or {} for section in TRIAL_SECTIONS}
+    cwd = Path.cwd()
+    base = absolute_paths({section: raw.get(section, {}) or {} for section in TRIAL_SECTIONS}, cwd)
     if "train" not in raw:
         base["train"] = {"steps": 1000}
     problems: list[str] = []
@@ -369,12 +442,13 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
                 for linked_key, linked_value in value.items():
                     set_dotted(tree, linked_key, linked_value)
         try:
-            trial_cfg = TrialConfig.model_validate(tree)
+            trial_cfg = TrialConfig.model_validate(absolute_paths(tree, cwd))
         except ValidationError as exc:
             label = ", ".join(f"{k}={_short(v)}" for k, v in point.items()) or "base config"
             problems += [f"{line} [grid point {index}: {label}]" for line in _format_errors(exc, where)]
             continue
-        problems += [f"{where}: {line}" for line in path_problems(trial_cfg) or missing_weights(trial_cfg)]
+        problems += [f"{where}: {line}" for line in
+                     path_problems(trial_cfg) or data_problems(trial_cfg) or missing_weights(trial_cfg)]
         workers = config.resources.workers
         if trial_cfg.train.batch_size % workers:
             problems.append(f"{where}: train.batch_size: {trial_cfg.train.batch_size} does not split over "

@@ -33,7 +33,9 @@ def study_status(path: Path, overrides: list[str], tracking_uri: str | None) -> 
 
     study = load_study(path, overrides)
     uri = tracking_uri or study.config.tracking_uri
-    tracker = StudyTracker(uri, study.config.experiment, artifact_root=study.config.out / "mlartifacts")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():  # read-only: create no store
+        return f"study {study.config.name}: not started (no MLflow store at {uri})"
+    tracker = StudyTracker(uri, study.config.experiment, read_only=True)
     parent = tracker.parent_run(study.config.name)
     if parent is None:
         return f"study {study.config.name}: not started (no runs in {uri})"

@@ -82,18 +82,23 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 class StudyTracker:
     """Driver-side view of a study in MLflow."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None, read_only: bool = False) -> None:
+        """`read_only`: look, never create (a missing experiment leaves `experiment_id` None)."""
         check_reachable(uri)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
-        if found is None:
+        if found is None and read_only:
+            self.experiment_id = None
+        elif found is None:
             location = artifact_root.resolve().as_uri() if artifact_root and not uri.startswith("http") else None
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = found.experiment_id
 
     def _search(self, filter_string: str) -> list:
+        if self.experiment_id is None:
+            return []
         return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=10000)
 
     def parent_run(self, study_name: str) -> str | None:

@@ -186,3 +186,41 @@ def test_linked_grid_values_change_together(tmp_path):
         ("gat", 0.0, 32), ("gat", 0.0, 64), ("dit", 0.9, 32), ("dit", 0.9, 64)]
     lines = problems(write(tmp_path, {**BASE, "grid": {"family": [{"optim.beta1": 0.9}]}}, "bad.yaml"))
     assert any("grid.family: can only sweep" in line for line in lines), lines
+
+
+# --------------------------------------------------------------------------------------------- rough edges
+
+def test_readme_grid_example_with_off_loads(tmp_path, monkeypatch):
+    """YAML 1.2 booleans: `off` in the README's grid is the MNG schedule named off, in the file and in --set."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    block = text[text.index("```yaml\nname: my-study"):]
+    block = block[len("```yaml\n"):block.index("```", 8)]
+    path = tmp_path / "my-study.yaml"
+    path.write_text(block)
+    monkeypatch.chdir(tmp_path)
+    study = load_study(path)
+    assert {t.config.train.mng for t in study.trials} == {"exp", "off"}
+    assert load_study(write(tmp_path, BASE), ["train.mng=off"]).trials[0].config.train.mng == "off"
+    assert load_study(write(tmp_path, {**BASE, "train": {**BASE["train"], "ema_warmup": "on"}})
+                      ).trials[0].config.train.ema_warmup is True  # booleans still take on/off
+
+
+def test_duplicate_keys_are_refused_with_their_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: dup\ntrain:\n  steps: 10\n  steps: 20\n")
+    (line,) = problems(path)
+    assert line.startswith(f"{path}:4:3") and "duplicate key 'steps'" in line
+
+
+def test_relative_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "photos" / "cats").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, {**BASE, "dataset": {"name": "folder", "path": "photos", "resolution": 16}})
+    (trial,) = load_study(path).trials
+    assert trial.config.dataset.path == tmp_path / "photos"  # absolute: a Ray worker finds it from anywhere
+
+
+def test_a_missing_folder_dataset_fails_plan(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, {**BASE, "dataset": {"name": "folder", "path": "nowhere", "resolution": 16}})
+    assert any(f"dataset.path: folder {tmp_path / 'nowhere'} does not exist" in line for line in problems(path))

@@ -9,6 +9,7 @@ from torch import Tensor
 from gat_core.config import DataConfig
 from gat_core.data.dataset import DatasetError, ImageDataset
 from gat_core.data.folder import load_folder
+from gat_core.data.photos import PHOTO_CLASSES, photo_patches
 from gat_core.data.shapes import class_names, render_shapes
 
 DEFAULT_SHAPE_CLASSES = 10
@@ -38,6 +39,11 @@ def _shapes(cfg: DataConfig) -> ImageDataset:
     return ImageDataset(images, labels, num_classes, "shapes", class_names(num_classes))
 
 
+def _photos(cfg: DataConfig) -> ImageDataset:
+    images, labels = photo_patches(cfg.size, cfg.resolution, cfg.seed)
+    return ImageDataset(images, labels, len(PHOTO_CLASSES), "photos", PHOTO_CLASSES)
+
+
 def _folder(cfg: DataConfig) -> ImageDataset:
     if cfg.path is None:  # DataConfig already enforces this; kept for direct callers
         raise DatasetError("dataset.path: required for the 'folder' dataset")
@@ -51,6 +57,8 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
         return _digits(cfg.resolution)
     if cfg.name == "shapes":
         return _shapes(cfg)
+    if cfg.name == "photos":
+        return _photos(cfg)
     if cfg.name == "folder":
         return _folder(cfg)
     raise DatasetError(f"dataset.name: unknown dataset {cfg.name!r}")

@@ -1,0 +1,64 @@
+"""CLI conventions a new user relies on: version, verbosity anywhere, read-only commands, early checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.cli import main
+from tests.conftest import tiny_study, write_study
+
+
+def _study(tmp_path: Path, **extra) -> Path:
+    return write_study(tmp_path / "study.yaml", {**tiny_study("edges", tmp_path / "out"), **extra})
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("gat-study ")
+
+
+def test_verbose_works_after_the_subcommand(tmp_path, capsys):
+    assert main(["plan", str(_study(tmp_path)), "-v"]) == 0
+    assert main(["-v", "plan", str(_study(tmp_path))]) == 0
+
+
+def test_status_of_a_study_that_never_ran_writes_nothing(tmp_path, capsys):
+    path = _study(tmp_path)
+    assert main(["status", str(path)]) == 0
+    assert "not started" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()  # no MLflow database, no folder
+
+
+@pytest.mark.parametrize("where", ["flag", "file"])
+def test_unusable_tracking_uris_are_refused_up_front(tmp_path, capsys, where):
+    if where == "flag":
+        with pytest.raises(SystemExit) as info:
+            main(["status", str(_study(tmp_path)), "--tracking-uri", "foo://bar"])
+        assert info.value.code == 2
+    else:
+        assert main(["plan", str(_study(tmp_path, tracking={"uri": "foo://bar"}))]) == 2
+    err = capsys.readouterr().err
+    assert "foo://bar" in err and "sqlite:///" in err and "Traceback" not in err
+
+
+def test_encode_checks_the_vae_before_building_the_dataset(tmp_path, capsys, monkeypatch):
+    import gat_core.data
+
+    monkeypatch.setattr(gat_core.data, "load_dataset", lambda cfg: pytest.fail("built the dataset first"))
+    assert main(["encode", "shapes", "--vae", str(tmp_path / "nonexistent"), "--out", str(tmp_path / "lat")]) == 2
+    assert "--vae: weights folder" in capsys.readouterr().err
+
+
+def test_eval_of_a_file_that_is_not_a_model_file_says_what_was_expected(tmp_path, capsys):
+    bogus = tmp_path / "notes.pt"
+    bogus.write_bytes(b"not a zip at all")
+    assert main(["eval", str(bogus), "--metric", "fd_classifier"]) == 2
+    err = capsys.readouterr().err
+    assert "not a gat-study model file" in err and "final_model.pt" in err and "weights_only" not in err
+    torch.save({"something": torch.zeros(1)}, bogus)
+    assert main(["eval", str(bogus), "--metric", "fd_classifier"]) == 2
+    assert "final_model.pt" in capsys.readouterr().err
