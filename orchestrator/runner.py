@@ -37,6 +37,15 @@ class TrialOutcome:
     diversity: float | None = None
     health: str = ""  # ok | collapsed | diverged once finished ("" before)
     health_reason: str = ""
+    reason: str = ""  # why a failed or diverged trial ended
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Errors that a restart from the checkpoint cannot fix: an invalid config or data, a missing file, a
+    checkpoint of another version.  Crashes, lost nodes and corrupt checkpoints are worth a retry."""
+    from gat_core.checkpoint import IncompatibleCheckpoint
+
+    return isinstance(exc, (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, IncompatibleCheckpoint))
 
 
 def _newest_checkpoint(*folders: Path) -> Path | None:
@@ -176,8 +185,12 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
     try:
         result = train(cfg, workdir, report, cache_dir=Path(out_dir) / "cache", resume_from=resume_from)
     except Exception as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:1000]  # one line in MLflow and the summary
         if logger is not None:
-            logger.finish("failed", -1, reason=f"{type(exc).__name__}: {exc}")
+            logger.finish("failed", -1, reason=reason)
+        if is_permanent(exc):  # no restart can fix it: end the trial now instead of letting Ray retry it
+            log.error("trial %s failed: %s", trial_id, reason)
+            return
         raise
     if logger is None:
         return
@@ -343,5 +356,6 @@ def collect_outcomes(study: Study, tracker: StudyTracker) -> list[TrialOutcome]:
             metric=run.data.metrics.get(metric) if run else None, run_id=run.info.run_id if run else "",
             workdir=study.config.out / "trials" / t.trial_id,
             diversity=run.data.metrics.get(diversity) if run and diversity else None,
-            health=health, health_reason=tags.get(HEALTH_REASON_TAG, tags.get("reason", "") if health == "diverged" else "")))
+            health=health, health_reason=tags.get(HEALTH_REASON_TAG, tags.get("reason", "") if health == "diverged" else ""),
+            reason=tags.get("reason", "")))
     return outcomes

@@ -12,7 +12,8 @@ def format_outcomes(study: Study, outcomes: list, uri: str) -> str:
     metric, diversity = study.config.eval.metric, study.config.eval.diversity_metric or "diversity"
     lines = [f"study {study.config.name}: {sum(o.status == 'completed' for o in outcomes)}/{len(outcomes)} completed",
              f"{'trial_id':<11} {'name':<40} {'status':<10} {'step':>7} {metric:>14} {diversity:>20} {'health':<9}  run_id"]
-    notes = []
+    notes: list[str] = []
+    failures: list[str] = []
     for o in outcomes:
         value = "-" if o.metric is None else f"{o.metric:.4f}"
         spread = "-" if o.diversity is None else f"{o.diversity:.3f}"
@@ -20,8 +21,12 @@ def format_outcomes(study: Study, outcomes: list, uri: str) -> str:
                      f"{o.health or '-':<9}  {o.run_id}")
         if o.health in ("collapsed", "diverged"):
             notes.append(f"  {o.name}: {o.health}: {o.health_reason or 'no reason recorded'}")
+        if o.status == "failed":
+            failures.append(f"  {o.name}: failed: {o.reason or 'no reason recorded'}")
     if notes:
         lines += ["unhealthy trials (left out of analyze/compare fits by default):", *notes]
+    if failures:
+        lines += ["failed trials (fix the cause and run the same command again; finished trials are kept):", *failures]
     lines.append(f"MLflow: {uri}  (experiment {study.config.experiment}; `mlflow ui --backend-store-uri {uri}`)")
     lines.append(f"checkpoints and samples: {study.config.out / 'trials'}/<trial_id>/")
     return "\n".join(lines)
