@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 STUDY_TAG = "gat_study.study"
 ROLE_TAG = "gat_study.role"
 PARENT_TAG = "mlflow.parentRunId"
+# The MLflow UI opens an experiment on the view its kind asks for: training runs, not GenAI traces
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 HEALTH_TAG = "health"  # ok | collapsed | diverged: the verdict of gat_core.health on a finished trial
 HEALTH_REASON_TAG = "health_reason"
 FINAL_STATUSES = ("completed", "diverged")
@@ -92,9 +94,12 @@ class StudyTracker:
             self.experiment_id = None
         elif found is None:
             location = artifact_root.resolve().as_uri() if artifact_root and not uri.startswith("http") else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location,
+                                                               tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
         else:
             self.experiment_id = found.experiment_id
+            if not read_only and found.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
 
     def _search(self, filter_string: str) -> list:
         if self.experiment_id is None:

@@ -40,6 +40,7 @@ def test_relative_folder_paths_run_and_a_broken_dataset_fails_once_with_its_reas
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("paths")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs, not traces
     runs = {r.data.tags["mlflow.runName"]: r for r in
             client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'trial'")}
     good, bad = runs["path=photos"], runs["path=empty"]
