@@ -25,6 +25,7 @@ from gat_core.flops import (
     vfm_cost,
 )
 from gat_core.models.registry import parse_preset, preset_names
+from orchestrator.plan import si_units
 
 FREE_SIZE = re.compile(r"^w(?P<width>\d+)-d(?P<depth>\d+)-h(?P<heads>\d+)-p(?P<patch_size>\d+)$")
 CONVENTION = ("DiT convention: 1 multiply-accumulate (MAC) = 1 FLOP, per image; "
@@ -78,13 +79,6 @@ def flops_data(model: str, resolution: int = 32, channels: int = 4, num_classes:
     }
 
 
-def _si(x: float) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3f}{unit}"
-    return f"{x:.0f}"
-
-
 def flops_report(model: str, resolution: int = 32, channels: int = 4, num_classes: int = 1000, levels: int = 4,
                  as_json: bool = False, *, teacher: str | None = None, teacher_size: int = 224,
                  grad_checkpoint: bool = False) -> str:
@@ -111,9 +105,9 @@ def flops_report(model: str, resolution: int = 32, channels: int = 4, num_classe
     for key, label in PASS_LABELS.items():
         if not (it["approx"]["passes"][key] or it["exact"]["passes"][key]):
             continue
-        lines.append(f"  {label.ljust(width)}  {_si(it['approx']['passes'][key]):>14}  "
-                     f"{_si(it['exact']['passes'][key]):>14}")
-    lines.append(f"  {'total'.ljust(width)}  {_si(it['approx']['total']):>14}  {_si(it['exact']['total']):>14}")
+        lines.append(f"  {label.ljust(width)}  {si_units(it['approx']['passes'][key], 3):>14}  "
+                     f"{si_units(it['exact']['passes'][key], 3):>14}")
+    lines.append(f"  {'total'.ljust(width)}  {si_units(it['approx']['total'], 3):>14}  {si_units(it['exact']['total'], 3):>14}")
     lines.append(f"  {'total / G forward'.ljust(width)}  {it['approx']['per_g_forward']:>14.2f}  "
                  f"{it['exact']['per_g_forward']:>14.2f}")
     lines += [

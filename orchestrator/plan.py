@@ -50,19 +50,20 @@ def plan_rows(study: Study) -> list[dict[str, Any]]:
     return rows
 
 
-def _si(x: float) -> str:
+def si_units(x: float, digits: int = 2) -> str:
+    """1.23T, 45.60G, ...: a count with an SI prefix."""
     for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= scale:
-            return f"{x / scale:.2f}{unit}"
+            return f"{x / scale:.{digits}f}{unit}"
     return f"{x:.0f}"
 
 
 def format_plan(study: Study, rows: list[dict[str, Any]]) -> str:
     header = ["#", "trial_id", "name", "G", "D", "p", "tok", "params G", "params D", "GFLOPs G", "GFLOPs D",
               "steps", "batch", "train MACs"]
-    table = [[str(i), r["trial_id"], r["name"], r["g"], r["d"], str(r["patch"]), str(r["tokens"]), _si(r["params_g"]),
-              _si(r["params_d"]), f"{r['gflops_g']:.4f}", f"{r['gflops_d']:.4f}", str(r["steps"]), str(r["batch_size"]),
-              _si(r["train_flops"])] for i, r in enumerate(rows)]
+    table = [[str(i), r["trial_id"], r["name"], r["g"], r["d"], str(r["patch"]), str(r["tokens"]), si_units(r["params_g"]),
+              si_units(r["params_d"]), f"{r['gflops_g']:.4f}", f"{r['gflops_d']:.4f}", str(r["steps"]), str(r["batch_size"]),
+              si_units(r["train_flops"])] for i, r in enumerate(rows)]
     widths = [max(len(row[c]) for row in [header, *table]) for c in range(len(header))]
     lines = [f"study {study.config.name} ({study.source}): {len(rows)} trials",
              "  ".join(h.ljust(w) for h, w in zip(header, widths))]
@@ -75,6 +76,6 @@ def format_plan(study: Study, rows: list[dict[str, Any]]) -> str:
     else:
         lines.append(f"each trial: one worker of {per_trial}")
     total = sum(r["train_flops"] for r in rows)
-    lines.append(f"total training compute: {_si(total)} MACs ({_si(2 * total)} FLOPs at 2 per MAC); "
+    lines.append(f"total training compute: {si_units(total)} MACs ({si_units(2 * total)} FLOPs at 2 per MAC); "
                  "GFLOPs = forward MACs per image (DiT convention)")
     return "\n".join(lines)

@@ -38,6 +38,8 @@ class TrialOutcome:
     health: str = ""  # ok | collapsed | diverged once finished ("" before)
     health_reason: str = ""
     reason: str = ""  # why a failed or diverged trial ended
+    gflops: float | None = None  # G forward MACs per image (DiT convention)
+    train_flops: float | None = None  # training MACs spent so far
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -357,5 +359,7 @@ def collect_outcomes(study: Study, tracker: StudyTracker) -> list[TrialOutcome]:
             workdir=study.config.out / "trials" / t.trial_id,
             diversity=run.data.metrics.get(diversity) if run and diversity else None,
             health=health, health_reason=tags.get(HEALTH_REASON_TAG, tags.get("reason", "") if health == "diverged" else ""),
-            reason=tags.get("reason", "")))
+            reason=tags.get("reason", ""),
+            gflops=float(run.data.params["gflops_g"]) if run and "gflops_g" in run.data.params else None,
+            train_flops=run.data.metrics.get("train_flops") if run else None))
     return outcomes

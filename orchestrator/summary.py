@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+from gat_core.metrics.names import parse_metric
+from orchestrator.plan import si_units
 
 from orchestrator.study import Study, load_study
 
 
+def _ranked(outcomes: list, higher_is_better: bool) -> list:
+    """Trials with a metric first, best first; then the others in grid order."""
+    scored = [o for o in outcomes if o.metric is not None and math.isfinite(o.metric)]
+    rest = [o for o in outcomes if o not in scored]
+    return sorted(scored, key=lambda o: -o.metric if higher_is_better else o.metric) + rest
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None or not math.isfinite(value) else format(value, fmt)
+
+
 def format_outcomes(study: Study, outcomes: list, uri: str) -> str:
-    """One line per trial: status, step, the metric and the diversity beside it, and its health."""
+    """One line per trial, best metric first: status, step, the metric with the diversity beside it, the
+    compute (GFLOPs per image, training MACs so far) and the health verdict."""
     metric, diversity = study.config.eval.metric, study.config.eval.diversity_metric or "diversity"
-    lines = [f"study {study.config.name}: {sum(o.status == 'completed' for o in outcomes)}/{len(outcomes)} completed",
-             f"{'trial_id':<11} {'name':<40} {'status':<10} {'step':>7} {metric:>14} {diversity:>20} {'health':<9}  run_id"]
+    lines = [f"study {study.config.name}: {sum(o.status == 'completed' for o in outcomes)}/{len(outcomes)} completed"
+             f" (sorted by {metric}, best first)",
+             f"{'trial_id':<11} {'name':<40} {'status':<10} {'step':>7} {metric:>14} {diversity:>20} "
+             f"{'GFLOPs':>8} {'train MACs':>10} {'health':<9}  run_id"]
     notes: list[str] = []
     failures: list[str] = []
-    for o in outcomes:
-        value = "-" if o.metric is None else f"{o.metric:.4f}"
-        spread = "-" if o.diversity is None else f"{o.diversity:.3f}"
-        lines.append(f"{o.trial_id:<11} {o.name[:40]:<40} {o.status:<10} {o.step:>7} {value:>14} {spread:>20} "
-                     f"{o.health or '-':<9}  {o.run_id}")
+    for o in _ranked(outcomes, parse_metric(metric).higher_is_better):
+        lines.append(f"{o.trial_id:<11} {o.name[:40]:<40} {o.status:<10} {o.step:>7} {_num(o.metric, '.4f'):>14} "
+                     f"{_num(o.diversity, '.3f'):>20} {_num(o.gflops, '.4f'):>8} "
+                     f"{'-' if o.train_flops is None else si_units(o.train_flops):>10} {o.health or '-':<9}  {o.run_id}")
         if o.health in ("collapsed", "diverged"):
             notes.append(f"  {o.name}: {o.health}: {o.health_reason or 'no reason recorded'}")
         if o.status == "failed":
