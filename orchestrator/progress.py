@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from ray import tune
 
@@ -15,9 +15,11 @@ class ProgressTable(tune.Callback):
     """Prints a compact trial table every REFRESH_SECONDS and whenever a trial ends."""
 
     def __init__(self, names: dict[str, str], metric: str, diversity: str | None,
-                 refresh: float = REFRESH_SECONDS) -> None:
+                 refresh: float = REFRESH_SECONDS, stream: TextIO | None = None) -> None:
         self.names, self.refresh = names, refresh
         self.metric, self.diversity = metric, diversity
+        self.stream = stream or sys.stderr
+        self.printed_lines = 0
         self.latest: dict[str, dict[str, Any]] = {}
         self.first_seen: dict[str, tuple[float, int]] = {}
         self.last_print = 0.0
@@ -60,4 +62,8 @@ class ProgressTable(tune.Callback):
             lines.append(f"{self.names.get(tid, tid)[:40]:<40} {trial.status.lower():<10} {step:>11} "
                          f"{'-' if value is None else f'{value:.3f}':>14} {'-' if spread is None else f'{spread:.3f}':>9} "
                          f"{row.get('loss_d', float('nan')):>7.3f} {self._eta(tid, row):>7}")
-        print("\n".join(lines), file=sys.stderr, flush=True)
+        # on a terminal the table redraws in place (cursor up over the last table, clear below); in a log, where
+        # nothing can be redrawn, every update is printed in full
+        redraw = f"\x1b[{self.printed_lines}F\x1b[J" if self.printed_lines and self.stream.isatty() else ""
+        print(redraw + "\n".join(lines), file=self.stream, flush=True)
+        self.printed_lines = len(lines)

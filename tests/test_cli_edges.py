@@ -62,3 +62,32 @@ def test_eval_of_a_file_that_is_not_a_model_file_says_what_was_expected(tmp_path
     torch.save({"something": torch.zeros(1)}, bogus)
     assert main(["eval", str(bogus), "--metric", "fd_classifier"]) == 2
     assert "final_model.pt" in capsys.readouterr().err
+
+
+class _Stream(__import__("io").StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+class _Trial:
+    def __init__(self, tid: str) -> None:
+        self.config, self.status = {"trial_id": tid}, "RUNNING"
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_live_table_redraws_in_place_on_a_terminal_and_appends_in_a_log(tty):
+    from orchestrator.progress import ProgressTable
+
+    stream = _Stream(tty)
+    table = ProgressTable({"a": "width=32"}, "fd_classifier", "diversity_classifier", refresh=0, stream=stream)
+    trials = [_Trial("a")]
+    for step in (10, 20):
+        table.on_trial_result(0, trials, trials[0], {"step": step, "total_steps": 40, "fd_classifier": 9.5,
+                                                    "diversity_classifier": 0.8, "loss_d": 0.5})
+    text = stream.getvalue()
+    assert text.count("width=32") == 2 and "0.800" in text and "9.500" in text
+    assert ("\x1b[2F\x1b[J" in text) is tty  # two lines (header + one trial) redrawn only on a terminal
