@@ -3,9 +3,11 @@
 MFU = (FLOPs of one iteration, counted by FlopCounterMode with the CPU attention formulas,
 2 per MAC) / (seconds per iteration) / (dense matmul FLOP/s of the same dtype, 2048^3).
 Model: width 256, depth 8, 64 tokens (16x16 input, patch 2), batch 64, D the same size,
-MNG K=4, approximated R1/R2 -- the whole D step + G step + EMA (`Trainer.iteration`).
+MNG K=4, approximated R1/R2, the official DiffAugment policy (colour, translation, cutout, flip) --
+the whole D step + G step + EMA (`Trainer.iteration`).
 
-Variants: fp32 eager, fp32 with every transformer block compiled (`train.compile: true`; the
+Variants: fp32 eager, fp32 without augmentation (what the augmentation costs), fp32 with every
+transformer block compiled (`train.compile: true`; the
 compilation happens in the warm-up iterations, with an empty Inductor cache, and their time is
 reported apart) and bf16 autocast.
 The machine may be shared, so the reference is not measured once: every timed iteration is
@@ -24,22 +26,23 @@ from pathlib import Path
 
 from bench.common import matmul_peak, save
 
-VARIANTS = {  # name: (train.precision, train.compile)
-    "fp32": ("fp32", False),
-    "fp32_compile": ("fp32", True),
-    "bf16": ("bf16", False),
+VARIANTS = {  # name: (train.precision, train.compile, train.augment on)
+    "fp32": ("fp32", False, True),
+    "fp32_noaug": ("fp32", False, False),
+    "fp32_compile": ("fp32", True, True),
+    "bf16": ("bf16", False, True),
 }
 PEAK_DTYPE = {"fp32": "float32", "bf16": "bfloat16"}
 
 
-def trial(precision: str, batch: int, compile_blocks: bool = False):
-    from gat_core.config import TrialConfig
+def trial(precision: str, batch: int, compile_blocks: bool = False, augment: bool = True):
+    from gat_core.config import OFFICIAL_AUGMENT, TrialConfig
 
     return TrialConfig.model_validate({
         "dataset": {"name": "shapes", "resolution": 16, "size": 1024},
         "model": {"width": 256, "depth": 8, "heads": 4, "patch_size": 2},
         "train": {"steps": 10, "batch_size": batch, "precision": precision, "device": "cpu",
-                  "compile": compile_blocks}})
+                  "compile": compile_blocks, "augment": list(OFFICIAL_AUGMENT) if augment else []}})
 
 
 def timed(fn) -> float:
@@ -70,12 +73,12 @@ def main() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")  # cold compile: its full cost is reported
         trainers, results = {}, {}
         for name in names:
-            precision, compile_blocks = VARIANTS[name]
-            trainer = Trainer(trial(precision, args.batch, compile_blocks), Path(tmp) / name)
+            precision, compile_blocks, augment = VARIANTS[name]
+            trainer = Trainer(trial(precision, args.batch, compile_blocks, augment), Path(tmp) / name)
             warmup = [timed(trainer.iteration) for _ in range(args.warmup)]
             analytic = 2 * trainer.cost.macs_per_sample_iter * args.batch
             # a compiled variant runs the same model: it is counted in eager mode, on an eager twin
-            counted = count_flops((Trainer(trial(precision, args.batch), Path(tmp) / f"{name}_eager")
+            counted = count_flops((Trainer(trial(precision, args.batch, augment=augment), Path(tmp) / f"{name}_eager")
                                    if compile_blocks else trainer).iteration)
             trainers[name] = trainer
             results[name] = {"flops_per_iteration": counted, "analytic_flops": analytic, "warmup_seconds": warmup,
@@ -98,12 +101,12 @@ def main() -> None:
                         f"matmul_peak_{name}": statistics.median(r["peak"]),
                         f"sec_per_iteration_{name}": statistics.median(r["sec_per_iteration"])})
     # speed-ups paired by round: both iterations of a pair ran under the same load
-    for name, key in (("bf16", "bf16_speedup"), ("fp32_compile", "compile_speedup")):
+    for name, key in (("bf16", "bf16_speedup"), ("fp32_compile", "compile_speedup"), ("fp32_noaug", "noaug_speedup")):
         if {"fp32", name} <= set(results):
             summary[key] = statistics.median(a / b for a, b in zip(results["fp32"]["sec_per_iteration"],
                                                                    results[name]["sec_per_iteration"]))
     save("mfu", {
-        "model": "G and D width 256, depth 8, 64 tokens, batch %d, K=4, approx R1/R2" % args.batch,
+        "model": "G and D width 256, depth 8, 64 tokens, batch %d, K=4, approx R1/R2, DiffAugment on" % args.batch,
         "threads": args.threads, "target_mfu": 0.60, "load_average_start": load_start,
         "load_average_end": os.getloadavg(), **summary, "variants": results,
     })
