@@ -3,8 +3,10 @@
 One job per module:
 
 * `load`      MLflow child runs of a study -> `StudyData` (tidy trials frame + metric histories)
-* `select`    which metric, which direction, which trials a fit may use (and why the others not)
-* `fit`       pure and saturating power laws, bootstrap CIs, goodness of fit, extrapolation check
+* `select`    which metric (and its diversity companion), which direction, which trials a fit may use
+              (completed, healthy ones; and why the others not)
+* `fit`       pure and saturating power laws, bootstrap CIs, goodness of fit, extrapolation check,
+              and whether a fit is a scaling law at all (exponent CI excludes 0, right sign)
 * `scaling`   the set of fits a study gets (per variant, overall / per patch / per model size)
 * `frontier`  the compute-efficient frontier from the per-step training curves
 * `ablation`  switch detection, baselines, mean ± std tables in Markdown, LaTeX and CSV

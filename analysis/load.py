@@ -26,6 +26,8 @@ from analysis.errors import AnalysisError
 ROLE_TAG = "gat_study.role"
 STUDY_TAG = "gat_study.study"
 PARENT_TAG = "mlflow.parentRunId"
+HEALTH_TAG = "health"  # ok | collapsed | diverged: the trainer's verdict on a finished trial
+HEALTH_REASON_TAG = "health_reason"
 COMPUTE_COLUMNS = ("gflops_g", "gflops_d", "params_g", "params_d", "macs_per_sample_iter")
 BOOKKEEPING = ("trial_index", "swept", "steps")
 _MLFLOW_STATUS = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "failed", "RUNNING": "running",
@@ -36,7 +38,7 @@ _MLFLOW_STATUS = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "failed
 class StudyData:
     """Everything the analysis needs from MLflow, read once.
 
-    `trials` has one row per child run: identity and status columns, every param under
+    `trials` has one row per child run: identity, status and health columns, every param under
     its dotted name (parsed to int/float/bool/None), the last finite value of every
     metric under its own name, the compute columns and the two family labels `size`
     (model size) and `patch`.  `history` is long: run_id, key, step, value.
@@ -147,12 +149,22 @@ def find_study_runs(client: Any, study: str) -> tuple[Any | None, list]:
 
 CURVE_KEYS = ("train_flops", "loss_d", "loss_g", "eval_samples")
 QUALITY_PATTERN = re.compile(r"^(fd_|fid|kid|fvd|is$|inception|precision|recall)", re.I)
+DIVERSITY_PREFIX = "diversity_"  # diversity_<extractor>: a collapse diagnostic beside the quality metric, not one
 
 
 def wants_history(key: str, extra: Iterable[str] = ()) -> bool:
-    """Per-step values are read for quality metrics and the curve keys only: one MLflow call per
-    run and key, and the rest (block_util_<i>, lr, timings) is only needed at its last value."""
-    return key in CURVE_KEYS or bool(QUALITY_PATTERN.search(key)) or key in set(extra)
+    """Per-step values are read for quality metrics, diversity and the curve keys only: one MLflow call
+    per run and key, and the rest (block_util_<i>, lr, timings) is only needed at its last value."""
+    return (key in CURVE_KEYS or bool(QUALITY_PATTERN.search(key)) or key.startswith(DIVERSITY_PREFIX)
+            or key in set(extra))
+
+
+def health_of(tags: dict[str, str], status: str) -> tuple[str, str]:
+    """(health, reason) of a child run: its `health` tag, else `diverged` for a diverged status (with its
+    `reason`), `ok` for a completed one (stores written before the tag existed), "" while unknown."""
+    health = tags.get(HEALTH_TAG) or ("diverged" if status == "diverged" else "ok" if status == "completed" else "")
+    reason = tags.get(HEALTH_REASON_TAG) or (tags.get("reason", "") if health == "diverged" else "")
+    return health, reason
 
 
 def _history(client: Any, run_id: str, keys: Iterable[str]) -> list[dict[str, Any]]:
@@ -219,11 +231,12 @@ def trials_frame(client: Any, study: str, children: list, extra_keys: Sequence[s
         params = {k: parse_param(v) for k, v in run.data.params.items()}
         param_names |= set(params)
         final_step = tags.get("final_step")
+        status = tags.get("status") or _MLFLOW_STATUS.get(info.status, "unknown")
+        health, health_reason = health_of(tags, status)
         rows.append({
             "study": tags.get(STUDY_TAG, study), "run_id": info.run_id, "run_name": info.run_name or info.run_id[:8],
             "trial_id": tags.get("trial_id", info.run_id[:10]),
-            "status": tags.get("status") or _MLFLOW_STATUS.get(info.status, "unknown"),
-            "reason": tags.get("reason", ""),
+            "status": status, "reason": tags.get("reason", ""), "health": health, "health_reason": health_reason,
             "final_step": int(final_step) if final_step not in (None, "") and final_step.lstrip("-").isdigit() else None,
             **params,
         })

@@ -2,25 +2,48 @@
 
 The quality metric is named by its feature extractor (`fd_classifier`, `fid`, `fd_dinov2`,
 ...).  Values from different extractors are on different scales, so a fit over trials
-that were scored differently would be meaningless: it is refused with a message.
+that were scored differently would be meaningless: it is refused with a message.  Its
+diversity companion (`diversity_classifier`) is read beside it, never fitted.
+
+A trial the trainer judged unhealthy (tag `health` = `collapsed` or `diverged`) is not
+science: its metric measures a broken GAN, not a model size, so it is left out of every fit
+unless the caller keeps it on purpose.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.load import QUALITY_PATTERN, StudyData
+from analysis.load import DIVERSITY_PREFIX, QUALITY_PATTERN, StudyData
 
-_HIGHER_IS_BETTER = re.compile(r"(accuracy|precision|recall|inception|^is$|^is_|psnr|ssim|density|coverage)", re.I)
+_HIGHER_IS_BETTER = re.compile(r"(accuracy|precision|recall|^inception|^is$|^is_|psnr|ssim|density|coverage"
+                               r"|^diversity_)", re.I)  # ^inception: the score, not kid_inception
+_KIND_PREFIX = re.compile(r"^(fd_inf_|fd_|kid_|precision_|recall_|diversity_)")
+HEALTHY = ("ok", "")  # "" = not judged (a run still pending, running or failed: its status decides)
 
 
 def lower_is_better(metric: str) -> bool:
-    """Distances and losses go down as models improve; accuracies and scores go up (the default is down)."""
+    """Distances and losses go down as models improve; accuracies, scores and diversity go up (default: down)."""
     return not _HIGHER_IS_BETTER.search(metric)
+
+
+def diversity_key(metric: str) -> str | None:
+    """`diversity_<extractor>` of a quality metric named by its extractor (`fd_classifier` -> `diversity_classifier`,
+    `fid` -> `diversity_inception`); None for a name that does not say its extractor."""
+    if metric in ("fid", "fid_inf"):
+        return f"{DIVERSITY_PREFIX}inception"
+    extractor = _KIND_PREFIX.sub("", metric)
+    return f"{DIVERSITY_PREFIX}{extractor}" if extractor != metric and extractor else None
+
+
+def diversity_metric(data: StudyData, metric: str) -> str | None:
+    """The diversity metric logged beside `metric`, or None (older stores, DiT-only studies)."""
+    key = diversity_key(metric)
+    return key if key is not None and key in data.metric_keys else None
 
 
 def primary_metric(data: StudyData, metric: str | None = None) -> str:
@@ -65,32 +88,52 @@ class Selection:
     metric: str
     lower_is_better: bool
     usable: pd.DataFrame
-    excluded: pd.DataFrame  # run_name, trial_id, status, step, reason
+    excluded: pd.DataFrame  # run_name, trial_id, status, health, step, reason
+    unhealthy: pd.DataFrame = field(default_factory=pd.DataFrame)  # run_name, trial_id, status, health,
+    #                                                                  health_reason, used (kept on purpose)
+    keep_unhealthy: bool = False
 
 
-def select_trials(data: StudyData, metric: str, include_failed: bool = False) -> Selection:
-    """Completed trials with a finite metric (and diverged/failed ones too if `include_failed`).
+def _unhealthy(row: pd.Series) -> bool:
+    return row.get("health", "") not in HEALTHY
+
+
+def _why_excluded(row: pd.Series, value: object, metric: str, include_failed: bool, keep_unhealthy: bool) -> str:
+    """Why a trial cannot be fitted ("" if it can).  The status gate comes first (`include_failed` lets diverged
+    and failed runs in, health and all); a completed trial judged unhealthy needs `keep_unhealthy`."""
+    if row["status"] != "completed" and not include_failed:
+        return f"{row['status']}" + (f": {row['reason']}" if row["reason"] else "")
+    if row["status"] == "completed" and _unhealthy(row) and not keep_unhealthy:
+        return f"{row['health']}: {row.get('health_reason') or 'no reason recorded'}"
+    if value is None or pd.isna(value):
+        return f"did not log {metric}"
+    return ""
+
+
+def select_trials(data: StudyData, metric: str, include_failed: bool = False,
+                  keep_unhealthy: bool = False) -> Selection:
+    """Completed, healthy trials with a finite metric (diverged/failed ones too if `include_failed`, collapsed
+    ones too if `keep_unhealthy`).
 
     Raises AnalysisError when fewer than two trials remain, naming why the others went.
     """
     trials = data.trials
     column = metric if metric in trials else f"metric:{metric}"
-    reasons = []
-    for _, row in trials.iterrows():
-        value = row.get(column)
-        if row["status"] != "completed" and not include_failed:
-            why = f"{row['status']}" + (f": {row['reason']}" if row["reason"] else "")
-        elif value is None or pd.isna(value):
-            why = f"did not log {metric}"
-        else:
-            why = ""
-        reasons.append(why)
+    if "health" not in trials:  # a frame built by hand: every trial as its status says
+        trials = trials.assign(health="", health_reason="")
+    reasons = [_why_excluded(row, row.get(column), metric, include_failed, keep_unhealthy)
+               for _, row in trials.iterrows()]
     keep = pd.Series([r == "" for r in reasons], index=trials.index)
     usable = trials[keep].copy()
     usable["metric_value"] = usable[column].astype(float)
     excluded = pd.DataFrame({
         "run_name": trials["run_name"], "trial_id": trials["trial_id"], "status": trials["status"],
-        "step": trials["final_step"], "reason": reasons})[~keep].reset_index(drop=True)
+        "health": trials["health"], "step": trials["final_step"], "reason": reasons})[~keep].reset_index(drop=True)
+    sick = trials.apply(_unhealthy, axis=1).astype(bool) if len(trials) else pd.Series(dtype=bool)
+    unhealthy = pd.DataFrame({
+        "run_name": trials["run_name"], "trial_id": trials["trial_id"], "status": trials["status"],
+        "health": trials["health"], "health_reason": trials["health_reason"], "used": keep})[sick]
+    unhealthy = unhealthy.reset_index(drop=True)
     if len(usable) == 0:
         failed = trials["status"].isin(["diverged", "failed"]).sum()
         if failed == len(trials):
@@ -102,10 +145,43 @@ def select_trials(data: StudyData, metric: str, include_failed: bool = False) ->
         hint = (f" ({unfinished} trials have not finished: wait for the study, or run it again to resume)"
                 if unfinished else "")
         raise AnalysisError(f"no trial of {', '.join(data.studies)} can be used for {metric}{hint}: "
-                            + "; ".join(f"{r.run_name}: {r.reason}" for r in excluded.itertuples()))
+                            + "; ".join(f"{r.run_name}: {r.reason}" for r in excluded.itertuples())
+                            + _keep_hint(unhealthy))
     if len(usable) == 1:
         raise AnalysisError(f"{', '.join(data.studies)} has a single usable trial ({usable['run_name'].iloc[0]}); "
                             f"a scaling fit needs at least 3 trials at different compute, an ablation at least 2"
-                            + (f" ({len(excluded)} other trials excluded)" if len(excluded) else ""))
+                            + (f" ({len(excluded)} other trials excluded)" if len(excluded) else "")
+                            + _keep_hint(unhealthy))
     return Selection(metric=metric, lower_is_better=lower_is_better(metric), usable=usable.reset_index(drop=True),
-                     excluded=excluded)
+                     excluded=excluded, unhealthy=unhealthy, keep_unhealthy=keep_unhealthy)
+
+
+def _keep_hint(unhealthy: pd.DataFrame) -> str:
+    left_out = unhealthy[~unhealthy["used"] & (unhealthy["status"] == "completed")] if len(unhealthy) else unhealthy
+    return (f". {len(left_out)} completed trials were left out as unhealthy; --keep-unhealthy keeps them"
+            if len(left_out) else "")
+
+
+def health_note(sel: Selection) -> str:
+    """One line naming every unhealthy trial (name, health, reason) and whether the fits use it; "" if none."""
+    bad = sel.unhealthy
+    if bad.empty:
+        return ""
+
+    def listing(rows: pd.DataFrame) -> str:
+        return "; ".join(f"{r.run_name} ({r.health}: {r.health_reason or 'no reason recorded'})"
+                         for r in rows.itertuples())
+
+    out, gone, kept = [], bad[~bad["used"]], bad[bad["used"]]
+    if len(gone):
+        hints = []
+        if (gone["status"] == "completed").any():
+            hints.append("--keep-unhealthy keeps the completed ones")
+        if (gone["status"] != "completed").any():
+            hints.append("--include-failed the diverged ones, at their last finite values")
+        out.append(f"{len(gone)} unhealthy trial{'s' if len(gone) != 1 else ''} left out of every fit, frontier and "
+                   f"table: {listing(gone)} ({'; '.join(hints)})")
+    if len(kept):
+        out.append(f"{len(kept)} unhealthy trial{'s' if len(kept) != 1 else ''} kept in the fits as asked "
+                   f"(--keep-unhealthy / --include-failed): {listing(kept)}")
+    return ". ".join(out)

@@ -2,8 +2,9 @@
 
 The analysis is only as trustworthy as its check against answers known in advance: these
 helpers write a parent run and one child run per trial (tags, dotted params, metrics by
-step, optional sample grids) exactly as `orchestrator.tracking` does, but from numbers
-chosen here, with nothing trained.  Used by the tests; handy for trying `gat-study analyze`.
+step, optional sample grids, optional `health` verdict and diversity metric) exactly as
+`orchestrator.tracking` does, but from numbers chosen here, with nothing trained.  Used by
+the tests; handy for trying `gat-study analyze`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from analysis.load import PARENT_TAG, ROLE_TAG, STUDY_TAG
+from analysis.load import HEALTH_REASON_TAG, HEALTH_TAG, PARENT_TAG, ROLE_TAG, STUDY_TAG
+from analysis.select import diversity_key
 
 FLOPS_TAG = "MAC (DiT): 1 multiply-accumulate = 1 FLOP"
 
@@ -35,6 +37,8 @@ class SyntheticTrial:
     final_step: int | None = None
     sample: np.ndarray | None = None  # (H, W, 3) in [0, 1], logged as samples/final.png
     params: dict[str, Any] = field(default_factory=dict)  # extra run params (`sample_gflops`, ...), override defaults
+    health: str | None = None  # the `health` tag (ok | collapsed | diverged); None: no tag, as in older stores
+    health_reason: str = ""
 
     @property
     def name(self) -> str:
@@ -54,11 +58,14 @@ def synthetic_trial(width: int, depth: int, patch: int, final_value: float, *, s
                     interval: int = 100, batch_size: int = 32, resolution: int = 16, metric: str = "fd_classifier",
                     extra: dict[str, Any] | None = None, curve: Callable[[float], float] | None = None,
                     block_util: Sequence[float] | None = None, diverge_at: int | None = None,
-                    sample: np.ndarray | None = None) -> SyntheticTrial:
+                    sample: np.ndarray | None = None, diversity: float | None = None, health: str | None = None,
+                    health_reason: str = "") -> SyntheticTrial:
     """A trial whose metric falls to `final_value` at the last step along `curve` (a multiplier of progress).
 
     `diverge_at` makes the losses non-finite from that step on, stops evaluations there and
-    marks the trial diverged, like the trainer does.
+    marks the trial diverged, like the trainer does.  `diversity` logs `diversity_<extractor>` at
+    every evaluation, moving linearly from 0.5 at step 0 to that final value (a collapsing trial
+    falls, a healthy one rises); `health` and `health_reason` are the trainer's verdict tags.
     """
     cost = model_cost(width, depth, patch, resolution)
     curve = curve or (lambda progress: 1.0 + 3.0 * (1.0 - progress) ** 2)
@@ -86,30 +93,36 @@ def synthetic_trial(width: int, depth: int, patch: int, final_value: float, *, s
     if block_util is not None:
         for i, u in enumerate(block_util):
             metrics[f"block_util_{i}"] = {s: u * (0.5 + 0.5 * s / steps) for s in evals}
+    if diversity is not None:
+        metrics[diversity_key(metric) or f"diversity_{metric}"] = {s: 0.5 + (diversity - 0.5) * s / steps
+                                                                   for s in evals}
     status, reason = ("completed", "") if diverge_at is None else ("diverged", f"non-finite loss_d at step {diverge_at}")
     return SyntheticTrial(config=config, metrics=metrics, status=status, reason=reason, final_step=last,
-                          sample=sample, **cost)
+                          sample=sample, health=health, health_reason=health_reason, **cost)
 
 
 def family_trial(family: str, width: int, depth: int, patch: int, final_value: float, *, steps: int = 400,
                  interval: int = 100, batch_size: int = 32, resolution: int = 16, metric: str = "fd_classifier",
                  seed: int = 0, sample_steps: int = 8, eval_nfe: Sequence[int] = (1, 2, 4, 8), guidance: float = 1.0,
                  nfe_curve: Callable[[int], float] | None = None, curve: Callable[[float], float] | None = None,
-                 extra: dict[str, Any] | None = None) -> SyntheticTrial:
+                 extra: dict[str, Any] | None = None, diversity: float | None = None, health: str | None = None,
+                 health_reason: str = "") -> SyntheticTrial:
     """A GAT (`family="gat"`) or DiT (`"dit"`) trial of a family comparison, with the family's compute columns.
 
     GAT: `sample_gflops` = one G forward.  DiT: training costs 3 forwards per sample-iteration
     instead of the GAN's 6, D costs nothing, `sample_gflops` = sample_steps x forward (x 2 with
     guidance), and the final step carries `<metric>_nfe<k>` = final_value x nfe_curve(k) (default
     (sample_steps / k)^0.5, so the k = sample_steps value is the final one) with `sample_gflops_nfe<k>`
-    for every k in `eval_nfe`, like `DiffusionTrainer.final_evaluate`.
+    for every k in `eval_nfe`, like `DiffusionTrainer.final_evaluate`.  `diversity`, `health` and
+    `health_reason` as in `synthetic_trial`.
     """
     if family not in ("gat", "dit"):
         raise ValueError(f"family: 'gat' or 'dit', not {family!r}")
     config = {"model.family": family, "train.diffusion.sample_steps": sample_steps,
               "train.diffusion.eval_nfe": list(eval_nfe), "train.diffusion.guidance": guidance, **(extra or {})}
     trial = synthetic_trial(width, depth, patch, final_value, seed=seed, steps=steps, interval=interval,
-                            batch_size=batch_size, resolution=resolution, metric=metric, extra=config, curve=curve)
+                            batch_size=batch_size, resolution=resolution, metric=metric, extra=config, curve=curve,
+                            diversity=diversity, health=health, health_reason=health_reason)
     gflops = trial.gflops_g
     if family == "gat":
         trial.params = {"sample_gflops": gflops}
@@ -133,8 +146,10 @@ def family_trial(family: str, width: int, depth: int, patch: int, final_value: f
 
 def power_law_trials(n: int, *, a: float = 5.0, b: float = 0.4, E: float = 0.0, noise: float = 0.05,
                      patches: Sequence[int] = (2,), seeds: Sequence[int] = (0,), rng_seed: int = 0,
-                     min_width: int = 32, max_width: int = 512, depth: int = 4) -> list[SyntheticTrial]:
-    """`n` widths (geometric) x patches x seeds with final metric = E + a·gflops_g^-b · lognormal noise."""
+                     min_width: int = 32, max_width: int = 512, depth: int = 4,
+                     diversity: float | None = None, health: str | None = None) -> list[SyntheticTrial]:
+    """`n` widths (geometric) x patches x seeds with final metric = E + a·gflops_g^-b · lognormal noise
+    (b = 0: flat, no law; b < 0: the wrong sign); `diversity` and `health` as in `synthetic_trial`."""
     rng = np.random.default_rng(rng_seed)
     widths = np.unique(np.round(np.geomspace(min_width, max_width, n)).astype(int))
     trials = []
@@ -143,7 +158,8 @@ def power_law_trials(n: int, *, a: float = 5.0, b: float = 0.4, E: float = 0.0, 
             for seed in seeds:
                 g = model_cost(int(width), depth, patch)["gflops_g"]
                 value = (E + a * g ** -b) * float(np.exp(noise * rng.standard_normal()))
-                trials.append(synthetic_trial(int(width), depth, patch, value, seed=seed))
+                trials.append(synthetic_trial(int(width), depth, patch, value, seed=seed, diversity=diversity,
+                                              health=health))
     return trials
 
 
@@ -173,6 +189,8 @@ def log_study(tracking_uri: str, name: str, trials: Sequence[SyntheticTrial], *,
                     "status": trial.status, "final_step": str(trial.final_step), "flops_convention": FLOPS_TAG}
             if trial.reason:
                 tags["reason"] = trial.reason
+            if trial.health is not None:
+                tags.update({HEALTH_TAG: trial.health, HEALTH_REASON_TAG: trial.health_reason})
             run_id = client.create_run(exp_id, run_name=trial.name, tags=tags).info.run_id
             params = {**trial.config, "gflops_g": trial.gflops_g, "gflops_d": trial.gflops_g,
                       "params_g": trial.params_g, "params_d": trial.params_g,
