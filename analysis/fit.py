@@ -9,7 +9,9 @@ or training MACs):
   level the metric tends to.
 
 Uncertainty comes from resampling trials with replacement (percentile intervals, seeded),
-which is what makes a fitted exponent something a reader can trust or not.  x is divided
+which is what makes a fitted exponent something a reader can trust or not: a fit whose
+exponent's interval includes zero, or whose exponent has the wrong sign for the metric's
+direction, is no scaling law at this scale (`Fit.no_law` says why) and predicts nothing.  x is divided
 by its geometric mean inside the fits, so the optimiser never sees 1e15; the reported `a`
 is in the original units.
 """
@@ -56,6 +58,12 @@ class Fit:
     boot: np.ndarray = field(repr=False)  # bootstrap thetas, (n_boot_ok, k)
     extrapolation: dict[str, Any] | None = None
     loss: str = ""
+    no_law: str = ""  # why this is no scaling law at this scale ("" when it is one; see `judge_law`)
+
+    @property
+    def is_law(self) -> bool:
+        """True when the fit may be reported as a scaling law and used for predictions."""
+        return not self.no_law
 
     def predict(self, x: np.ndarray | float) -> np.ndarray:
         return np.exp(_log_model(self.kind, self.theta, np.log(np.asarray(x, float) / self.x_ref)))
@@ -79,6 +87,7 @@ class Fit:
             "x_range": json_safe(list(self.x_range)), "bootstrap": {"resamples": self.n_boot, "valid": self.n_boot_ok,
                                                               "seed": self.seed, "unit": "trial"},
             "loss": self.loss, "correlation": json_safe(self.correlation), "extrapolation": json_safe(self.extrapolation),
+            "scaling_law": self.is_law, "no_law_reason": self.no_law,
         }
 
 
@@ -294,10 +303,29 @@ def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
             "spearman_rho": float(sp.statistic), "spearman_p": float(sp.pvalue)}
 
 
+# --- is it a law? ---------------------------------------------------------------------------------
+def judge_law(b: float, ci: tuple[float, float], lower_is_better: bool = True) -> str:
+    """Why an exponent b (y ~ x^-b) is no scaling law at this scale, or "" when it is one.
+
+    A lower-is-better metric must fall with compute (b > 0), a higher-is-better one rise (b < 0);
+    and the 95 % interval of b must exclude zero, else the data cannot tell the law from no
+    dependence at all.  Without an interval (no bootstrap) only the sign is checked.
+    """
+    lo, hi = ci
+    wanted = "fall" if lower_is_better else "rise"
+    reasons = []
+    if not math.isfinite(b) or (b <= 0 if lower_is_better else b >= 0):
+        reasons.append(f"wrong sign: b = {b:.3g}, the metric does not {wanted} with compute")
+    if math.isfinite(lo) and math.isfinite(hi) and lo <= 0 <= hi:
+        reasons.append(f"95 % CI of b [{lo:.3g}, {hi:.3g}] includes 0")
+    return "; ".join(reasons)
+
+
 # --- public fits --------------------------------------------------------------------------------
 def fit_law(kind: Kind, x: Any, y: Any, *, n_boot: int = 1000, seed: int = 0, x_name: str = "x", y_name: str = "y",
-            group: str = "all", delta: float = 1e-3, level: float = 0.95) -> Fit:
-    """Fit `kind` to (x, y) with `n_boot` trial-resampling bootstrap replicates (seeded).
+            group: str = "all", delta: float = 1e-3, level: float = 0.95, lower_is_better: bool = True) -> Fit:
+    """Fit `kind` to (x, y) with `n_boot` trial-resampling bootstrap replicates (seeded), judged as a law for a
+    metric that is `lower_is_better` (or not; `Fit.no_law`).
 
     Raises FitError when the data cannot carry the law (too few points, non-positive values).
     """
@@ -328,7 +356,8 @@ def fit_law(kind: Kind, x: Any, y: Any, *, n_boot: int = 1000, seed: int = 0, x_
                r2_log=_r2(ly, pred_log), r2=_r2(y, np.exp(pred_log)),
                rmse_log=float(np.sqrt(((ly - pred_log) ** 2).mean())), x_ref=x_ref,
                x_range=(float(x.min()), float(x.max())), n_boot=n_boot, n_boot_ok=len(boot), seed=seed,
-               correlation=correlations(x, y), theta=theta, boot=boot, loss=loss)
+               correlation=correlations(x, y), theta=theta, boot=boot, loss=loss,
+               no_law=judge_law(point["b"], ci["b"], lower_is_better))
 
 
 def fit_power_law(x: Any, y: Any, **kwargs: Any) -> Fit:

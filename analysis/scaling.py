@@ -58,7 +58,11 @@ def families(trials: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
 def scaling_fits(usable: pd.DataFrame, metric: str, switches: Iterable[str] = (), *, lower_is_better: bool = True,
                  n_boot: int = 1000, seed: int = 0, holdout: float = 0.2,
                  x_axes: Iterable[str] = X_AXES) -> ScalingFits:
-    """Power (and, for lower-is-better metrics, saturating) fits of `metric_value` on each x axis."""
+    """Power (and, for lower-is-better metrics, saturating) fits of `metric_value` on each x axis.
+
+    A fit that is no scaling law at this scale (`Fit.no_law`) is kept, to be reported as such, but
+    gets no extrapolation check: it predicts nothing.
+    """
     out = ScalingFits()
     kinds = ("power", "saturating") if lower_is_better else ("power",)
     for variant, vtrials in variants(usable, switches):
@@ -72,10 +76,11 @@ def scaling_fits(usable: pd.DataFrame, metric: str, switches: Iterable[str] = ()
                 for kind in kinds:
                     try:
                         fit = fit_law(kind, data[x], data["metric_value"], n_boot=n_boot, seed=seed, x_name=x,
-                                      y_name=metric, group=group)
+                                      y_name=metric, group=group, lower_is_better=lower_is_better)
                     except FitError as exc:
                         out.skipped.append({"x": x, "group": group, "kind": kind, "reason": str(exc)})
                         continue
-                    fit.extrapolation = extrapolation_check(kind, data[x], data["metric_value"], holdout=holdout)
+                    fit.extrapolation = (extrapolation_check(kind, data[x], data["metric_value"], holdout=holdout)
+                                         if fit.is_law else {"skipped": f"no scaling law at this scale: {fit.no_law}"})
                     out.fits.append(fit)
     return out
