@@ -20,6 +20,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from analysis.ablation import AblationTable, fmt_value
 from analysis.fit import Fit
+from analysis.load import DIVERSITY_PREFIX
 
 PAPER_RC: dict[str, Any] = {
     "font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8, "legend.fontsize": 6.5, "xtick.labelsize": 7,
@@ -143,9 +144,10 @@ def plot_scaling(points: pd.DataFrame, x: str, metric: str, fits: Sequence[Fit],
 def _fit_label(fit: Fit) -> str:
     b, (b_lo, b_hi) = fit.params["b"], fit.ci["b"]
     head = f"{fit.group}: " if fit.group != "all" else ""
+    tail = "" if fit.is_law else " (no scaling law at this scale)"
     if fit.kind == "power":
-        return f"{head}a·x^-b, b={b:.3f} [{b_lo:.3f}, {b_hi:.3f}], R²={fit.r2_log:.3f}"
-    return f"{head}E+a·x^-b, E={fit.params['E']:.3g}, b={b:.3f} [{b_lo:.3f}, {b_hi:.3f}]"
+        return f"{head}a·x^-b, b={b:.3f} [{b_lo:.3f}, {b_hi:.3f}], R²={fit.r2_log:.3f}{tail}"
+    return f"{head}E+a·x^-b, E={fit.params['E']:.3g}, b={b:.3f} [{b_lo:.3f}, {b_hi:.3f}]{tail}"
 
 
 def plot_compute_curves(points: pd.DataFrame, frontier: pd.DataFrame, metric: str, style: Style, stem: Path,
@@ -203,7 +205,10 @@ def plot_ablation(table: AblationTable, style: Style, stem: Path) -> list[Path]:
 
 def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, keys: Sequence[str], style: Style,
                          stem: Path) -> list[Path] | None:
-    """One panel per metric key (against step), one line per trial; None if no key was logged."""
+    """One panel per metric key (against step), one line per trial; None if no key was logged.
+
+    A `diversity_*` panel gets the data's own level (1) as a dotted line: a curve falling away from
+    it is a generator collapsing, whatever the quality metric beside it says."""
     keys = [k for k in keys if (history["key"] == k).any()]
     if not keys:
         return None
@@ -221,6 +226,9 @@ def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, keys: Sequ
             if key.startswith(("fd", "fid", "kid")) and _log_y_ok(rows["value"]):
                 ax.set_yscale("log")
                 _log_axis(ax.yaxis)
+            if key.startswith(DIVERSITY_PREFIX):
+                ax.axhline(1.0, color="0.4", linestyle=":", linewidth=0.8)
+                ax.set_ylim(bottom=0)
             ax.set_xlabel(axis_label("step"))
             ax.set_title(key)
         fig.legend(handles=style.legend_handles(trials["size"], trials["patch"]), loc="outside right upper")

@@ -23,7 +23,8 @@ from analysis.load import StudyData, open_client, quiet_artifacts
 from analysis.plots import (axis_label, make_style, plot_ablation, plot_block_util,
                             plot_compute_curves, plot_scaling, plot_training_curves, sample_collage)
 from analysis.scaling import X_AXES, ScalingFits, scaling_fits
-from analysis.select import Selection, primary_metric, select_trials
+from analysis.select import (Selection, diversity_metric, health_note, lower_is_better, primary_metric,
+                             select_trials)
 
 FLOP_CONVENTION = "MAC (DiT): 1 multiply-accumulate = 1 FLOP; gflops_g per image forward, train_flops cumulative"
 TRAINING_PANELS = ("loss_d", "loss_g")  # next to the metric in the training-curve figure
@@ -39,6 +40,8 @@ class Report:
     scaling: ScalingFits
     ablations: dict[str, AblationTable]
     frontier: pd.DataFrame
+    diversity: str | None = None  # the diversity metric shown beside `metric`, when logged
+    diversity_ablations: dict[str, AblationTable] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     logged_to: list[str] = field(default_factory=list)
@@ -64,12 +67,18 @@ def _md_cell(value: Any) -> str:
     return fmt_value(value).replace("|", "\\|")
 
 
+def law_label(fit: Fit) -> str:
+    """`yes`, or `none: <why>`: whether a fit is reported as a scaling law (and used for predictions)."""
+    return "yes" if fit.is_law else f"none: {fit.no_law}"
+
+
 def fits_frame(fits: list[Fit]) -> pd.DataFrame:
     """One flat row per fit: the summary table of report.md and fits.csv."""
     rows = []
     for f in fits:
         ext = f.extrapolation or {}
-        row = {"group": f.group, "x": f.x, "law": "a·x^-b" if f.kind == "power" else "E+a·x^-b", "n": f.n}
+        row = {"group": f.group, "x": f.x, "law": "a·x^-b" if f.kind == "power" else "E+a·x^-b",
+               "scaling_law": law_label(f), "n": f.n}
         for name in ("E", "a", "b"):
             if name in f.params:
                 lo, hi = f.ci[name]
@@ -79,9 +88,37 @@ def fits_frame(fits: list[Fit]) -> pd.DataFrame:
                     "spearman_rho": f.correlation.get("spearman_rho"),
                     "extrap_abs_rel_err": ext.get("mean_abs_rel_error", np.nan)})
         rows.append(row)
-    cols = ["group", "x", "law", "n", "E", "E_ci95", "a", "a_ci95", "b", "b_ci95", "R2_log", "pearson_log_r",
-            "spearman_rho", "extrap_abs_rel_err"]
+    cols = ["group", "x", "law", "scaling_law", "n", "E", "E_ci95", "a", "a_ci95", "b", "b_ci95", "R2_log",
+            "pearson_log_r", "spearman_rho", "extrap_abs_rel_err"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def final_values(trials: pd.DataFrame, metric: str, diversity: str | None, labels: list[str]) -> pd.DataFrame:
+    """One row per trial: its name, `labels` columns, health, then the final `metric` with `diversity` beside it.
+
+    The diversity is what tells a good score from a collapsed generator's, so it is shown wherever
+    the final metric of a trial is.
+    """
+    def column(name: str) -> pd.Series:
+        for col in (name, f"metric:{name}"):
+            if col in trials:
+                return pd.to_numeric(trials[col], errors="coerce")
+        return pd.Series(np.nan, index=trials.index)
+
+    out = trials[["run_name", *[c for c in labels if c in trials]]].copy()
+    if "health" in trials:
+        out["health"] = trials["health"].replace("", "—")
+    out[metric] = trials["metric_value"] if "metric_value" in trials else column(metric)
+    if diversity is not None:
+        out[diversity] = column(diversity)
+    return out.reset_index(drop=True)
+
+
+def _trial_labels(trials: pd.DataFrame, switches: list[str]) -> list[str]:
+    """The columns that tell the trials of a report apart: size, patch (if several), switches, seed (if several)."""
+    several = [c for c in ("patch", "train.seed") if c in trials and trials[c].map(fmt_value).nunique() > 1]
+    return ["size", *(["patch"] if "patch" in several else []), *switches,
+            *(["train.seed"] if "train.seed" in several else [])]
 
 
 def _sample_entries(data: StudyData, trials: pd.DataFrame, folder: Path, switches: list[str]) -> list[tuple[str, str, Path]]:
@@ -104,13 +141,19 @@ def _sample_entries(data: StudyData, trials: pd.DataFrame, folder: Path, switche
             parts.append(f"seed {fmt_value(row['train.seed'])}")
         if row["status"] != "completed":
             parts.append(f"[{row['status']}]")
+        elif row.get("health", "ok") not in ("ok", ""):
+            parts.append(f"[{row['health']}]")
         entries.append((" ".join(parts), str(row["size"]), Path(local)))
     return entries
 
 
 def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, include_failed: bool = False,
-                 n_boot: int = 1000, seed: int = 0, holdout: float = 0.2, log_artifacts: bool = True) -> Report:
+                 keep_unhealthy: bool = False, n_boot: int = 1000, seed: int = 0, holdout: float = 0.2,
+                 log_artifacts: bool = True) -> Report:
     """Fits, tables, plots and report.md for the studies in `data`, written to `out_dir`.
+
+    Trials judged unhealthy (collapsed, diverged) are left out of everything unless `keep_unhealthy`,
+    and a note names each one; fits that are no scaling law at this scale are reported as such.
 
     Raises AnalysisError (from metric choice and trial selection) for the cases where no
     analysis is possible; everything that can be skipped (a family too small to fit,
@@ -121,41 +164,52 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     tables.mkdir(parents=True, exist_ok=True)
     plots.mkdir(parents=True, exist_ok=True)
     metric = primary_metric(data, metric)
-    sel = select_trials(data, metric, include_failed=include_failed)
+    sel = select_trials(data, metric, include_failed=include_failed, keep_unhealthy=keep_unhealthy)
     usable = sel.usable
+    diversity = diversity_metric(data, metric)
     switches = detect_switches(usable)
     style = make_style(data.trials)
-    notes: list[str] = list(data.notes)
+    notes: list[str] = list(data.notes) + [n for n in [health_note(sel)] if n]
     files: list[Path] = []
 
     scaling = scaling_fits(usable, metric, switches, lower_is_better=sel.lower_is_better, n_boot=n_boot, seed=seed,
                            holdout=holdout)
     if not scaling.fits:
         notes.append("no scaling fit was possible: a power law needs at least 3 trials at 2 different compute values")
+    elif not any(f.is_law for f in scaling.fits):
+        notes.append("no fit is a scaling law at this scale (every exponent's 95 % CI includes 0 or has the wrong "
+                     "sign): nothing is extrapolated or predicted from them")
 
     points = eval_points(data.history, usable, metric, labels=switches)
     frontier = compute_frontier(points, lower_is_better=sel.lower_is_better)
     segments = frontier_segments(frontier, labels=switches)
 
     base = data.base_configs.get(data.studies[0], {}) if len(data.studies) == 1 else {}
-    ablations = {}
+    ablations, diversity_ablations = {}, {}
     for switch in switches:
+        baseline = baseline_value(usable, switch, base)
         ablations[switch] = ablation_table(usable, switch, "metric_value", metric_name=metric,
-                                           lower_is_better=sel.lower_is_better,
-                                           baseline=baseline_value(usable, switch, base), other_switches=switches)
+                                           lower_is_better=sel.lower_is_better, baseline=baseline,
+                                           other_switches=switches)
+        if diversity is not None and diversity in usable and usable[diversity].notna().any():
+            diversity_ablations[switch] = ablation_table(usable, switch, diversity, metric_name=diversity,
+                                                         lower_is_better=lower_is_better(diversity),
+                                                         baseline=baseline, other_switches=switches)
 
     # --- tables ---
-    keep = [c for c in ["study", "run_name", "trial_id", "run_id", "status", "reason", "final_step", "size", "patch",
-                        *switches, "train.seed", "gflops_g", "params_g", "train_flops", metric]
-            if c in data.trials]
-    data.trials[keep].to_csv(tables / "trials.csv", index=False)
+    keep = [c for c in ["study", "run_name", "trial_id", "run_id", "status", "reason", "health", "health_reason",
+                        "final_step", "size", "patch", *switches, "train.seed", "gflops_g", "params_g", "train_flops",
+                        metric, diversity] if c is not None and c in data.trials]
+    data.trials[keep].assign(used=data.trials["run_id"].isin(usable["run_id"])).to_csv(tables / "trials.csv",
+                                                                                       index=False)
     sel.excluded.to_csv(tables / "excluded.csv", index=False)
     fits_frame(scaling.fits).to_csv(tables / "fits.csv", index=False)
     frontier.to_csv(tables / "frontier.csv", index=False)
     segments.to_csv(tables / "frontier_segments.csv", index=False)
     files += [tables / n for n in ("trials.csv", "excluded.csv", "fits.csv", "frontier.csv", "frontier_segments.csv")]
-    for switch, table in ablations.items():
-        stem = tables / f"ablation_{_slug(switch)}"
+    for stem_name, table in [*((_slug(s), t) for s, t in ablations.items()),
+                             *((f"{_slug(s)}_{diversity}", t) for s, t in diversity_ablations.items())]:
+        stem = tables / f"ablation_{stem_name}"
         stem.with_suffix(".md").write_text(table.to_markdown())
         stem.with_suffix(".tex").write_text(table.to_latex())
         table.to_csv(stem.with_suffix(".csv"))
@@ -170,19 +224,20 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
             continue
         main = [f for f in scaling.fits if f.x == x and "patch=" not in f.group and "size=" not in f.group]
         figures[f"scaling_{x}"] = plot_scaling(pts, x, metric, main, style, plots / f"scaling_{x}",
-                                               band_fits=[f for f in main if f.kind == "power"])
+                                               band_fits=[f for f in main if f.kind == "power" and f.is_law])
         by_patch = [f for f in scaling.fits if f.x == x and f.kind == "power" and "patch=" in f.group]
         if by_patch:
             figures[f"scaling_{x}_by_patch"] = plot_scaling(pts, x, metric, by_patch, style,
-                                                            plots / f"scaling_{x}_by_patch", band_fits=by_patch,
+                                                            plots / f"scaling_{x}_by_patch",
+                                                            band_fits=[f for f in by_patch if f.is_law],
                                                             title="power law per patch size")
     if len(points):
         figures["compute_frontier"] = plot_compute_curves(points, frontier, metric, style, plots / "compute_frontier",
                                                           lower_is_better=sel.lower_is_better)
     for switch, table in ablations.items():
         figures[f"ablation_{_slug(switch)}"] = plot_ablation(table, style, plots / f"ablation_{_slug(switch)}")
-    figures["training_curves"] = plot_training_curves(data.history, usable, [metric, *TRAINING_PANELS], style,
-                                                      plots / "training_curves")
+    curves = [metric, *([diversity] if diversity else []), *TRAINING_PANELS]
+    figures["training_curves"] = plot_training_curves(data.history, usable, curves, style, plots / "training_curves")
     mng_switch = "train.mng" if "train.mng" in usable else next((s for s in switches if "mng" in s), "train.mng")
     figures["block_util"] = plot_block_util(usable, style, plots / "block_util", switch=mng_switch)
     if figures["block_util"] is None:
@@ -199,24 +254,27 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
         "studies": data.studies, "tracking_uri": data.tracking_uri, "metric": metric,
         "lower_is_better": sel.lower_is_better, "flops_convention": FLOP_CONVENTION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n_trials": len(data.trials), "n_used": len(usable),
-        "include_failed": include_failed, "bootstrap": {"resamples": n_boot, "seed": seed, "unit": "trial"},
+        "include_failed": include_failed, "keep_unhealthy": keep_unhealthy, "diversity_metric": diversity,
+        "bootstrap": {"resamples": n_boot, "seed": seed, "unit": "trial"},
         "extrapolation_holdout": holdout, "switches": switches,
         "excluded": json_safe(sel.excluded.to_dict(orient="records")),
+        "unhealthy": json_safe(sel.unhealthy.to_dict(orient="records")),
         "fits": [f.to_dict() for f in scaling.fits], "skipped_fits": scaling.skipped,
         "frontier": json_safe(segments.to_dict(orient="records")),
-        "ablations": {s: {"baseline": t.baseline, "cells": json_safe(t.cells.to_dict(orient="records"))}
+        "ablations": {s: {"baseline": t.baseline, "cells": json_safe(t.cells.to_dict(orient="records")),
+                          **({"diversity_cells": json_safe(diversity_ablations[s].cells.to_dict(orient="records"))}
+                             if s in diversity_ablations else {})}
                       for s, t in ablations.items()},
         "notes": notes,
     }
     (out_dir / "fits.json").write_text(json.dumps(json_safe(summary), indent=2, default=str))
     files.append(out_dir / "fits.json")
     report_path = out_dir / "report.md"
-    report_path.write_text(_markdown(data, metric, sel, scaling, ablations, segments, figures, notes, switches,
-                                     n_boot, seed, out_dir))
-    files.append(report_path)
-
     report = Report(path=report_path, metric=metric, selection=sel, scaling=scaling, ablations=ablations,
-                    frontier=frontier, files=files, notes=notes)
+                    frontier=frontier, diversity=diversity, diversity_ablations=diversity_ablations, files=files,
+                    notes=notes)
+    report_path.write_text(_markdown(data, report, segments, figures, switches, n_boot, seed, out_dir))
+    files.append(report_path)
     if log_artifacts:
         _log(data, out_dir, report)
     return report
@@ -244,32 +302,62 @@ def _img(figures: dict[str, list[Path] | None], name: str, out_dir: Path, alt: s
     return f"![{alt}]({png})\n\n[PDF]({pdf})\n\n"
 
 
-def _markdown(data: StudyData, metric: str, sel: Selection, scaling: ScalingFits, ablations: dict[str, AblationTable],
-              segments: pd.DataFrame, figures: dict[str, list[Path] | None], notes: list[str], switches: list[str],
-              n_boot: int, seed: int, out_dir: Path) -> str:
+def _excluded_display(data: StudyData, sel: Selection, metric: str, diversity: str | None) -> pd.DataFrame:
+    """The excluded trials with their final metric and diversity: the evidence for leaving them out."""
+    rest = data.trials[~data.trials["run_id"].isin(sel.usable["run_id"])]  # the excluded rows, in their order
+    values = final_values(rest, metric, diversity, []).drop(columns=["run_name", "health"], errors="ignore")
+    return pd.concat([sel.excluded, values], axis=1)
+
+
+def _no_law_lines(fits: list[Fit]) -> list[str]:
+    """Markdown bullets naming every fit that is no scaling law at this scale, with the reason."""
+    return [f"- {f.group}, {f.y} vs {f.x} ({'a·x^-b' if f.kind == 'power' else 'E+a·x^-b'}): **no scaling law at "
+            f"this scale**: {f.no_law}" for f in fits if not f.is_law]
+
+
+def _markdown(data: StudyData, report: Report, segments: pd.DataFrame, figures: dict[str, list[Path] | None],
+              switches: list[str], n_boot: int, seed: int, out_dir: Path) -> str:
+    metric, sel, scaling, notes, diversity = report.metric, report.selection, report.scaling, report.notes, \
+        report.diversity
     direction = "lower" if sel.lower_is_better else "higher"
+    moves = "fall" if sel.lower_is_better else "rise"
     counts = data.trials["status"].value_counts()
+    left_out = int((~sel.unhealthy["used"]).sum()) if len(sel.unhealthy) else 0
     md = [f"# Scaling analysis: {', '.join(data.studies)}\n",
-          f"- metric: **{metric}** ({direction} is better); final value = last evaluation of each trial",
+          f"- metric: **{metric}** ({direction} is better); final value = last evaluation of each trial"
+          + (f"; diversity: **{diversity}** (1 = as varied as the data, near 0 = mode collapse)" if diversity else ""),
           f"- trials: {len(data.trials)} ({', '.join(f'{n} {s}' for s, n in counts.items())}); "
-          f"{len(sel.usable)} used in fits",
+          f"{len(sel.usable)} used in fits" + (f"; {left_out} left out as unhealthy" if left_out else "")
+          + ("; unhealthy trials kept (--keep-unhealthy)" if sel.keep_unhealthy and len(sel.unhealthy) else ""),
           f"- compute convention: {FLOP_CONVENTION}",
           f"- uncertainty: 95 % percentile intervals from {n_boot} bootstrap resamples of trials (seed {seed})",
           f"- switches (ablations): {', '.join(switches) if switches else 'none'}",
           f"- MLflow: `{data.tracking_uri}`\n"]
+    note = health_note(sel)
     if len(sel.excluded):
-        md += ["## Excluded trials\n", _md_table(sel.excluded)]
+        md += ["## Excluded trials\n", *([note + "\n"] if note else []),
+               _md_table(_excluded_display(data, sel, metric, diversity))]
+    elif note:
+        md += ["## Unhealthy trials\n", note + "\n"]
+    md += ["## Trials (final values)\n",
+           f"Final {metric}" + (f" with {diversity} beside it" if diversity else "") + " of every trial used.\n",
+           _md_table(final_values(sel.usable, metric, diversity, _trial_labels(sel.usable, switches)))]
     md += ["## Scaling fits\n",
            "Pure law `y = a·x^-b` (least squares in log–log space) and saturating law `y = E + a·x^-b` "
            "(Huber loss on log residuals, L-BFGS from a grid of starts). R² is on log y; correlations are "
            "Pearson on log–log values and Spearman on ranks; `extrap_abs_rel_err` is the mean relative error "
-           "on the largest-compute trials when the law is fitted without them.\n"]
+           "on the largest-compute trials when the law is fitted without them. `scaling_law` is `none` where the "
+           f"exponent's 95 % CI includes 0 or its sign says the metric does not {moves} with compute: such a fit "
+           "is no scaling law at this scale and is used for no extrapolation or prediction.\n"]
     frame = fits_frame(scaling.fits)
     main = frame[~frame["group"].str.contains("patch=|size=", regex=True)] if len(frame) else frame
     md.append(_md_table(main.drop(columns=[c for c in ("E", "E_ci95") if c in main and main[c].isna().all()])))
     if len(frame) > len(main):
         md.append(f"\nPer-family fits (patch size, model size): {len(frame) - len(main)} more in "
                   f"[tables/fits.csv](tables/fits.csv) and [fits.json](fits.json).\n")
+    no_law = _no_law_lines(scaling.fits)
+    if no_law:
+        md += ["", *no_law, ""]
     md.append("")
     for x in X_AXES:
         md.append(_img(figures, f"scaling_{x}", out_dir, f"{metric} vs {axis_label(x)}"))
@@ -279,14 +367,19 @@ def _markdown(data: StudyData, metric: str, sel: Selection, scaling: ScalingFits
            "configuration that reaches it.\n",
            _img(figures, "compute_frontier", out_dir, f"{metric} vs training compute"),
            _md_table(segments.rename(columns={"from_flops": "from (MACs)", "to_flops": "to (MACs)"}))]
-    if ablations:
+    if report.ablations:
         md.append("## Ablations\n")
-        for switch, table in ablations.items():
+        for switch, table in report.ablations.items():
             slug = _slug(switch)
             md += [f"### {switch}\n", table.to_markdown(),
                    f"\nLaTeX: [tables/ablation_{slug}.tex](tables/ablation_{slug}.tex) · "
-                   f"CSV: [tables/ablation_{slug}.csv](tables/ablation_{slug}.csv)\n",
-                   _img(figures, f"ablation_{slug}", out_dir, f"ablation of {switch}")]
+                   f"CSV: [tables/ablation_{slug}.csv](tables/ablation_{slug}.csv)\n"]
+            if switch in report.diversity_ablations:
+                stem = f"ablation_{slug}_{diversity}"
+                md += [report.diversity_ablations[switch].to_markdown(),
+                       f"\nLaTeX: [tables/{stem}.tex](tables/{stem}.tex) · "
+                       f"CSV: [tables/{stem}.csv](tables/{stem}.csv)\n"]
+            md.append(_img(figures, f"ablation_{slug}", out_dir, f"ablation of {switch}"))
     md += ["## Training curves\n", _img(figures, "training_curves", out_dir, "training curves")]
     md += ["## Block utilisation of G\n",
            _img(figures, "block_util", out_dir, "per-block utilisation") or "_not logged by any run_\n\n"]

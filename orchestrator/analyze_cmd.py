@@ -39,28 +39,30 @@ def resolve_target(study_or_yaml: str, tracking_uri: str | None = None,
 
 
 def run_analysis(study: str, tracking_uri: str, out_dir: Path, metric: str | None = None,
-                 include_failed: bool = False, *, n_boot: int = 1000, seed: int = 0, log_artifacts: bool = True,
-                 trial_ids: set[str] | None = None):
+                 include_failed: bool = False, *, keep_unhealthy: bool = False, n_boot: int = 1000, seed: int = 0,
+                 log_artifacts: bool = True, trial_ids: set[str] | None = None):
     """Load the study from MLflow (only `trial_ids`, if given) and write the report; returns the
-    `analysis.report.Report`."""
+    `analysis.report.Report`.  Unhealthy trials are left out unless `keep_unhealthy`."""
     from analysis.load import load_studies
     from analysis.report import write_report
 
     data = load_studies(tracking_uri, study, extra_keys=[metric] if metric else [], trial_ids=trial_ids)
-    return write_report(data, Path(out_dir), metric, include_failed=include_failed, n_boot=n_boot, seed=seed,
-                        log_artifacts=log_artifacts)
+    return write_report(data, Path(out_dir), metric, include_failed=include_failed, keep_unhealthy=keep_unhealthy,
+                        n_boot=n_boot, seed=seed, log_artifacts=log_artifacts)
 
 
 def analyze(study: str, tracking_uri: str, out_dir: Path, metric: str | None, include_failed: bool = False, *,
-            n_boot: int = 1000, seed: int = 0) -> Path:
+            keep_unhealthy: bool = False, n_boot: int = 1000, seed: int = 0) -> Path:
     """Analyse `study` (the study/experiment name) and return the path of report.md.
 
     Writes fits.json, tables/, plots/ and report.md to `out_dir` and logs them on the
     study's parent run under `analysis/`.  Raises AnalysisError with a message meant for
     the user for an unknown study, a single usable trial, all trials diverged, a metric no
-    run logged, or trials scored with different quality metrics.
+    run logged, or trials scored with different quality metrics.  Trials tagged unhealthy
+    (collapsed, diverged) are left out, with a note naming each, unless `keep_unhealthy`.
     """
-    return run_analysis(study, tracking_uri, out_dir, metric, include_failed, n_boot=n_boot, seed=seed).path
+    return run_analysis(study, tracking_uri, out_dir, metric, include_failed, keep_unhealthy=keep_unhealthy,
+                        n_boot=n_boot, seed=seed).path
 
 
 def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -79,6 +81,9 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     """Options every fitting command shares (analyze, compare)."""
     p.add_argument("--include-failed", action="store_true",
                    help="use diverged/failed trials too, at their last finite value")
+    p.add_argument("--keep-unhealthy", action="store_true",
+                   help="keep completed trials tagged health=collapsed/diverged in fits, frontiers and tables "
+                        "(default: left out, with a note naming each)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per fit (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
@@ -87,8 +92,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the analysis; print where the report is and the headline fits, or the error message."""
     name, uri, out, trial_ids = resolve_target(args.study, args.tracking_uri, args.out)
     try:
-        report = run_analysis(name, uri, out, args.metric, args.include_failed, n_boot=args.bootstrap, seed=args.seed,
-                              trial_ids=trial_ids)
+        report = run_analysis(name, uri, out, args.metric, args.include_failed, keep_unhealthy=args.keep_unhealthy,
+                              n_boot=args.bootstrap, seed=args.seed, trial_ids=trial_ids)
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -97,8 +102,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for fit in report.scaling.fits:
         if fit.kind == "power" and "patch=" not in fit.group and "size=" not in fit.group:
             lo, hi = fit.ci["b"]
+            verdict = "" if fit.is_law else f" -> no scaling law at this scale ({fit.no_law})"
             print(f"  {fit.group:<24} {fit.y} ~ {fit.x}^-b: b = {fit.params['b']:.3f} [{lo:.3f}, {hi:.3f}], "
-                  f"R² = {fit.r2_log:.3f}, n = {fit.n}")
+                  f"R² = {fit.r2_log:.3f}, n = {fit.n}{verdict}")
     for note in report.notes:
         print(f"  note: {note}")
     print(f"report: {report.path}")
