@@ -9,10 +9,16 @@
 * the equal-compute table: at training budgets inside both families' ranges, each family's
   fitted metric (with its 95 % bootstrap band) and the best value any of its trials had
   reached with at most that much training compute (the compute-efficient frontier of the
-  per-step evaluations, `analysis.frontier`);
+  per-step evaluations, `analysis.frontier`); a family is named better only where the two
+  bands do not overlap ("not separable" otherwise);
 * the needed-compute table: for target metric values, the training MACs each family's fit
   needs (CI from the bootstrap replicates) and the compute at which its frontier first got
   there;
+* the final values of every trial used, the diversity metric beside the quality metric.
+
+Trials judged unhealthy (collapsed, diverged) are left out unless asked for, and a fit that is
+no scaling law at this scale (`Fit.no_law`: exponent CI includes 0, or the wrong sign) is
+reported as such and predicts nothing: no fitted values, no needed compute, no "better".
 * the sampling table: the metric against sampling GFLOPs per image, GAT at 1 NFE (one G
   forward), DiT at every NFE of its final evaluation (`<metric>_nfe<k>`, `sample_gflops_nfe<k>`).
 
@@ -45,7 +51,8 @@ from analysis.fit import Fit, FitError, correlations, fit_power_law, json_safe
 from analysis.frontier import compute_frontier, eval_points
 from analysis.load import StudyData, open_client
 from analysis.plots import axis_label
-from analysis.select import primary_metric, select_trials
+from analysis.report import final_values, law_label
+from analysis.select import diversity_metric, health_note, primary_metric, select_trials
 
 FAMILIES = ("gat", "dit")
 FAMILY_NAMES = {"gat": "GAT", "dit": "DiT"}
@@ -54,6 +61,7 @@ FIT_AXES = ("train_flops", "gflops_g")
 FLOP_CONVENTION = ("MAC (DiT): 1 multiply-accumulate = 1 FLOP; training MACs cumulative; sampling GFLOPs per image "
                    "= NFE x forward (x 2 with guidance), GAT = one G forward")
 SAMPLING_LABEL = "sampling compute per image (GFLOPs, DiT convention: NFE × forward)"
+NO_LAW = "no scaling law"  # a prediction cell of a family whose fit is no scaling law at this scale
 ARTIFACT_DIR = "compare"
 
 
@@ -64,8 +72,9 @@ class Comparison:
     Frames (raw numbers, what the CSV files hold):
 
     * `trials`: the usable trials with `family` and `metric_value` columns;
-    * `equal_compute`: budget_macs, then per family f: f_fit, f_fit_lo, f_fit_hi, f_extrapolated,
-      f_best, f_best_trial, f_best_macs; and dit_over_gat (ratio of the fitted values), better;
+    * `equal_compute`: budget_macs, then per family f: f_law (its fit is a scaling law), f_fit, f_fit_lo,
+      f_fit_hi, f_extrapolated, f_best, f_best_trial, f_best_macs; and dit_over_gat (ratio of the fitted
+      values), better (GAT, DiT, "not separable" or "no scaling law (...)");
     * `needed`: target, then per family f: f_macs, f_macs_lo, f_macs_hi, f_extrapolated,
       f_observed_macs, f_observed_trial; and dit_over_gat (ratio of the fitted compute);
     * `sampling`: family, study, run_name, run_id, size, patch, nfe, sample_gflops, value, source;
@@ -87,6 +96,10 @@ class Comparison:
     sampling: pd.DataFrame
     n_boot: int = 1000
     seed: int = 0
+    diversity: str | None = None  # the diversity metric shown beside `metric`, when logged
+    unhealthy: pd.DataFrame = field(default_factory=pd.DataFrame)  # `Selection.unhealthy`
+    keep_unhealthy: bool = False
+    health_note: str = ""  # `select.health_note`: every unhealthy trial by name, and whether it was used
     skipped_fits: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     speed: pd.DataFrame | None = None
@@ -97,6 +110,11 @@ class Comparison:
 
     def fit(self, family: str, x: str = "train_flops") -> Fit | None:
         return self.fits.get(family, {}).get(x)
+
+    def law(self, family: str, x: str = "train_flops") -> Fit | None:
+        """The family's fit when it is a scaling law (the only fits predictions come from), else None."""
+        fit = self.fit(family, x)
+        return fit if fit is not None and fit.is_law else None
 
     def counts(self) -> dict[str, int]:
         return {f: int((self.trials["family"] == f).sum()) for f in FAMILIES}
@@ -130,9 +148,9 @@ def _check_families(data: StudyData, family: pd.Series) -> None:
                             f"grid: {{model.family: [gat, dit]}}")
 
 
-def _usable_by_family(data: StudyData, metric: str, include_failed: bool):
+def _usable_by_family(data: StudyData, metric: str, include_failed: bool, keep_unhealthy: bool = False):
     try:
-        sel = select_trials(data, metric, include_failed=include_failed)
+        sel = select_trials(data, metric, include_failed=include_failed, keep_unhealthy=keep_unhealthy)
     except AnalysisError as exc:
         raise AnalysisError(f"{exc}. Comparing GAT with DiT needs at least 2 usable trials of each family") from None
     usable = sel.usable.assign(family=family_of(sel.usable).to_numpy())
@@ -143,23 +161,26 @@ def _usable_by_family(data: StudyData, metric: str, include_failed: bool):
         if n < 2:
             gone = excluded[excluded["family"] == fam]
             why = "; ".join(f"{r.run_name}: {r.reason}" for r in gone.itertuples())
+            sick = (gone["health"].isin(["collapsed", "diverged"]) & (gone["status"] == "completed")).any()
             raise AnalysisError(
                 f"{', '.join(data.studies)} has {n} usable {FAMILY_NAMES[fam]} trial{'s' if n != 1 else ''} for "
                 f"{metric}; comparing needs at least 2 per family (a power law over training compute)"
-                + (f". Excluded {FAMILY_NAMES[fam]} trials: {why}" if why else ""))
+                + (f". Excluded {FAMILY_NAMES[fam]} trials: {why}" if why else "")
+                + (" (--keep-unhealthy keeps the unhealthy ones)" if sick else ""))
     return sel, usable, excluded
 
 
 # --- fits --------------------------------------------------------------------------------------
 def power_fit(x: Any, y: Any, *, n_boot: int = 1000, seed: int = 0, x_name: str = "x", y_name: str = "y",
-              group: str = "all") -> Fit:
-    """`fit_power_law`, and for exactly two trials at two compute values the exact law through them (no CI)."""
+              group: str = "all", lower_is_better: bool = True) -> Fit:
+    """`fit_power_law`, and for exactly two trials at two compute values the exact law through them (no CI,
+    so judged as a law by its sign alone)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
+    kwargs = {"seed": seed, "x_name": x_name, "y_name": y_name, "group": group, "lower_is_better": lower_is_better}
     if len(x) == 2 and x[0] != x[1]:
-        fit = fit_power_law(np.tile(x, 2), np.tile(y, 2), n_boot=0, seed=seed, x_name=x_name, y_name=y_name,
-                            group=group)  # the same least-squares line; no bootstrap from two points
+        fit = fit_power_law(np.tile(x, 2), np.tile(y, 2), n_boot=0, **kwargs)  # the same least-squares line
         return dataclasses.replace(fit, n=2, correlation=correlations(x, y))
-    return fit_power_law(x, y, n_boot=n_boot, seed=seed, x_name=x_name, y_name=y_name, group=group)
+    return fit_power_law(x, y, n_boot=n_boot, **kwargs)
 
 
 def needed_compute(fit: Fit, target: float, lower_is_better: bool = True,
@@ -188,7 +209,7 @@ def needed_compute(fit: Fit, target: float, lower_is_better: bool = True,
     return point, float(lo), float(hi)
 
 
-def _family_fits(usable: pd.DataFrame, metric: str, n_boot: int, seed: int
+def _family_fits(usable: pd.DataFrame, metric: str, n_boot: int, seed: int, lower_is_better: bool = True
                  ) -> tuple[dict[str, dict[str, Fit]], list[dict[str, Any]], list[str]]:
     fits: dict[str, dict[str, Fit]] = {f: {} for f in FAMILIES}
     skipped, notes = [], []
@@ -202,10 +223,14 @@ def _family_fits(usable: pd.DataFrame, metric: str, n_boot: int, seed: int
                              f"positive {x} and are left out of its fit")
             try:
                 fit = power_fit(pts[x], pts["metric_value"], n_boot=n_boot, seed=seed, x_name=x, y_name=metric,
-                                group=FAMILY_NAMES[fam])
+                                group=FAMILY_NAMES[fam], lower_is_better=lower_is_better)
             except FitError as exc:
                 skipped.append({"family": fam, "x": x, "reason": str(exc)})
                 continue
+            if not fit.is_law:
+                notes.append(f"{FAMILY_NAMES[fam]}: no scaling law at this scale against {x} ({fit.no_law}); "
+                             + ("no fitted value, needed compute or 'better' comes from it" if x == "train_flops"
+                                else "shown for completeness only"))
             if fit.n == 2:
                 notes.append(f"{FAMILY_NAMES[fam]}: the power law against {x} goes exactly through 2 trials "
                              f"(no bootstrap interval); more sizes or budgets make it a fit")
@@ -286,58 +311,82 @@ def _budget_range(usable: pd.DataFrame, fits: dict[str, dict[str, Fit]]) -> list
     return ranges
 
 
+def _law(fits: dict[str, dict[str, Fit]], fam: str) -> Fit | None:
+    """The family's fit over training MACs if it is a scaling law: predictions come from nothing else."""
+    fit = fits.get(fam, {}).get("train_flops")
+    return fit if fit is not None and fit.is_law else None
+
+
+def _inside(fit: Fit, x: float) -> bool:
+    return fit.x_range[0] * (1 - 1e-9) <= x <= fit.x_range[1] * (1 + 1e-9)
+
+
+def better_family(row: dict[str, Any], lower_is_better: bool = True) -> str:
+    """GAT or DiT where both families have a scaling law and their 95 % intervals at this compute do not
+    overlap; "not separable" where they overlap (or one has no interval); "no scaling law (...)" otherwise."""
+    lawless = [FAMILY_NAMES[f] for f in FAMILIES if not row[f"{f}_law"]]
+    if lawless:
+        return f"no scaling law ({', '.join(lawless)})"
+    (g_lo, g_hi), (d_lo, d_hi) = ((row[f"{f}_fit_lo"], row[f"{f}_fit_hi"]) for f in FAMILIES)
+    if not all(np.isfinite(v) for v in (g_lo, g_hi, d_lo, d_hi)) or not (g_hi < d_lo or d_hi < g_lo):
+        return "not separable"
+    gat_lower = g_hi < d_lo
+    return "GAT" if gat_lower == lower_is_better else "DiT"
+
+
 def equal_compute_table(usable: pd.DataFrame, fits: dict[str, dict[str, Fit]], frontiers: dict[str, pd.DataFrame],
                         budgets: Sequence[float], lower_is_better: bool = True) -> pd.DataFrame:
-    """At each training budget (MACs): each family's fitted metric with its 95 % band, and its frontier's best."""
+    """At each training budget (MACs): each family's fitted metric with its 95 % band (scaling laws only), its
+    frontier's best, and the family that is better beyond the intervals (`better_family`)."""
     rows = []
     for budget in budgets:
         row: dict[str, Any] = {"budget_macs": float(budget)}
         for fam in FAMILIES:
-            fit = fits[fam].get("train_flops")
+            fit = _law(fits, fam)
             if fit is not None:
                 value = float(fit.predict(budget))
                 lo, hi = (float(v[0]) for v in fit.band(np.array([budget]))) if len(fit.boot) else (np.nan, np.nan)
-                extrapolated = not (fit.x_range[0] * (1 - 1e-9) <= budget <= fit.x_range[1] * (1 + 1e-9))
+                extrapolated = not _inside(fit, budget)
             else:
                 value, lo, hi, extrapolated = np.nan, np.nan, np.nan, False
             best, trial, at = _best_at(frontiers.get(fam, pd.DataFrame()), budget)
-            row.update({f"{fam}_fit": value, f"{fam}_fit_lo": lo, f"{fam}_fit_hi": hi,
+            row.update({f"{fam}_law": fit is not None, f"{fam}_fit": value, f"{fam}_fit_lo": lo, f"{fam}_fit_hi": hi,
                         f"{fam}_extrapolated": extrapolated, f"{fam}_best": best, f"{fam}_best_trial": trial,
                         f"{fam}_best_macs": at})
         g, d = row["gat_fit"], row["dit_fit"]
         row["dit_over_gat"] = d / g if g and np.isfinite(g) and np.isfinite(d) else np.nan
-        if np.isfinite(g) and np.isfinite(d) and g != d:
-            row["better"] = "GAT" if (g < d) == lower_is_better else "DiT"
-        else:
-            row["better"] = ""
+        row["better"] = better_family(row, lower_is_better)
         rows.append(row)
-    columns = ["budget_macs"] + [f"{f}_{c}" for f in FAMILIES for c in ("fit", "fit_lo", "fit_hi", "extrapolated",
-                                                                           "best", "best_trial", "best_macs")]
+    columns = ["budget_macs"] + [f"{f}_{c}" for f in FAMILIES for c in ("law", "fit", "fit_lo", "fit_hi",
+                                                                           "extrapolated", "best", "best_trial",
+                                                                           "best_macs")]
     return pd.DataFrame(rows, columns=[*columns, "dit_over_gat", "better"])
 
 
 def needed_compute_table(fits: dict[str, dict[str, Fit]], frontiers: dict[str, pd.DataFrame],
                          targets: Sequence[float], lower_is_better: bool = True) -> pd.DataFrame:
-    """Per target metric value: the training MACs each family's fit needs (95 % CI), and its frontier's first hit."""
+    """Per target metric value: the training MACs each family's scaling law needs (95 % CI; none without a law),
+    and its frontier's first hit."""
     rows = []
     for target in targets:
         row: dict[str, Any] = {"target": float(target)}
         for fam in FAMILIES:
-            fit = fits[fam].get("train_flops")
+            fit = _law(fits, fam)
             if fit is not None:
                 macs, lo, hi = needed_compute(fit, float(target), lower_is_better)
-                extrapolated = not (fit.x_range[0] * (1 - 1e-9) <= macs <= fit.x_range[1] * (1 + 1e-9))
+                extrapolated = not _inside(fit, macs)
             else:
                 macs, lo, hi, extrapolated = np.nan, np.nan, np.nan, False
             seen, trial = _first_reaching(frontiers.get(fam, pd.DataFrame()), float(target), lower_is_better)
-            row.update({f"{fam}_macs": macs, f"{fam}_macs_lo": lo, f"{fam}_macs_hi": hi,
-                        f"{fam}_extrapolated": extrapolated, f"{fam}_observed_macs": seen,
+            row.update({f"{fam}_law": fit is not None, f"{fam}_macs": macs, f"{fam}_macs_lo": lo,
+                        f"{fam}_macs_hi": hi, f"{fam}_extrapolated": extrapolated, f"{fam}_observed_macs": seen,
                         f"{fam}_observed_trial": trial})
         g, d = row["gat_macs"], row["dit_macs"]
         row["dit_over_gat"] = d / g if np.isfinite(g) and np.isfinite(d) and g > 0 else np.nan
         rows.append(row)
-    columns = ["target"] + [f"{f}_{c}" for f in FAMILIES for c in ("macs", "macs_lo", "macs_hi", "extrapolated",
-                                                                      "observed_macs", "observed_trial")]
+    columns = ["target"] + [f"{f}_{c}" for f in FAMILIES for c in ("law", "macs", "macs_lo", "macs_hi",
+                                                                      "extrapolated", "observed_macs",
+                                                                      "observed_trial")]
     return pd.DataFrame(rows, columns=[*columns, "dit_over_gat"])
 
 
@@ -399,8 +448,11 @@ def sampling_table(usable: pd.DataFrame, metric: str) -> pd.DataFrame:
 # --- the comparison ----------------------------------------------------------------------------
 def compare_families(data: StudyData, metric: str | None = None, *, budgets: Sequence[float] | None = None,
                      targets: Sequence[float] | None = None, n_budgets: int = 5, n_targets: int = 4,
-                     n_boot: int = 1000, seed: int = 0, include_failed: bool = False) -> Comparison:
+                     n_boot: int = 1000, seed: int = 0, include_failed: bool = False,
+                     keep_unhealthy: bool = False) -> Comparison:
     """GAT against DiT on `data`: per-family fits, the equal-compute, needed-compute and sampling tables.
+
+    Unhealthy trials (collapsed, diverged) are left out, with a note naming them, unless `keep_unhealthy`.
 
     `budgets` (training MACs) default to `n_budgets` values across the overlap of the families'
     training-compute ranges; `targets` (metric values) to `n_targets` values across the overlap of
@@ -410,14 +462,15 @@ def compare_families(data: StudyData, metric: str | None = None, *, budgets: Seq
     metric = primary_metric(data, metric)
     family = family_of(data.trials)
     _check_families(data, family)
-    sel, usable, excluded = _usable_by_family(data, metric, include_failed)
-    notes: list[str] = list(data.notes)
+    sel, usable, excluded = _usable_by_family(data, metric, include_failed, keep_unhealthy)
+    health = health_note(sel)
+    notes: list[str] = list(data.notes) + ([health] if health else [])
     others = sorted(set(usable["family"]) - set(FAMILIES))
     if others:
         notes.append(f"trials of other families ({', '.join(others)}) are left out of the comparison")
     usable = usable[usable["family"].isin(FAMILIES)].reset_index(drop=True)
 
-    fits, skipped, fit_notes = _family_fits(usable, metric, n_boot, seed)
+    fits, skipped, fit_notes = _family_fits(usable, metric, n_boot, seed, sel.lower_is_better)
     notes += fit_notes
     frontiers = {}
     for fam in FAMILIES:
@@ -459,7 +512,8 @@ def compare_families(data: StudyData, metric: str | None = None, *, budgets: Seq
     return Comparison(studies=list(data.studies), tracking_uri=data.tracking_uri, parents=dict(data.parents),
                       metric=metric, lower_is_better=sel.lower_is_better, trials=usable, excluded=excluded,
                       fits=fits, frontiers=frontiers, equal_compute=equal, needed=needed, sampling=sampling,
-                      n_boot=n_boot, seed=seed, skipped_fits=skipped, notes=notes)
+                      n_boot=n_boot, seed=seed, diversity=diversity_metric(data, metric), unhealthy=sel.unhealthy,
+                      keep_unhealthy=keep_unhealthy, health_note=health, skipped_fits=skipped, notes=notes)
 
 
 # --- display tables ----------------------------------------------------------------------------
@@ -493,8 +547,10 @@ def fits_display(comp: Comparison) -> pd.DataFrame:
                          "a [95% CI]": _ci(fit.params["a"], *fit.ci["a"]),
                          "b [95% CI]": _ci(fit.params["b"], *fit.ci["b"]),
                          "R² (log)": _num(fit.r2_log, 3),
-                         "x range": f"{_num(fit.x_range[0], 3)} – {_num(fit.x_range[1], 3)}"})
-    return pd.DataFrame(rows, columns=["family", "x", "n", "a [95% CI]", "b [95% CI]", "R² (log)", "x range"])
+                         "x range": f"{_num(fit.x_range[0], 3)} – {_num(fit.x_range[1], 3)}",
+                         "scaling law": law_label(fit)})
+    return pd.DataFrame(rows, columns=["family", "x", "n", "a [95% CI]", "b [95% CI]", "R² (log)", "x range",
+                                       "scaling law"])
 
 
 def fits_frame(comp: Comparison) -> pd.DataFrame:
@@ -508,9 +564,10 @@ def fits_frame(comp: Comparison) -> pd.DataFrame:
             rows.append({"family": fam, "x": x, "y": comp.metric, "law": "a*x^-b", "n": fit.n,
                          "a": fit.params["a"], "a_lo": fit.ci["a"][0], "a_hi": fit.ci["a"][1],
                          "b": fit.params["b"], "b_lo": fit.ci["b"][0], "b_hi": fit.ci["b"][1], "r2_log": fit.r2_log,
-                         "x_min": fit.x_range[0], "x_max": fit.x_range[1], "bootstrap": fit.n_boot_ok})
+                         "x_min": fit.x_range[0], "x_max": fit.x_range[1], "bootstrap": fit.n_boot_ok,
+                         "scaling_law": fit.is_law, "no_law_reason": fit.no_law})
     return pd.DataFrame(rows, columns=["family", "x", "y", "law", "n", "a", "a_lo", "a_hi", "b", "b_lo", "b_hi",
-                                       "r2_log", "x_min", "x_max", "bootstrap"])
+                                       "r2_log", "x_min", "x_max", "bootstrap", "scaling_law", "no_law_reason"])
 
 
 def equal_compute_display(comp: Comparison) -> pd.DataFrame:
@@ -520,8 +577,9 @@ def equal_compute_display(comp: Comparison) -> pd.DataFrame:
         row = {"training MACs": _num(r["budget_macs"], 3)}
         for fam in FAMILIES:
             name = FAMILY_NAMES[fam]
-            row[f"{name} {m}, fit [95% CI]"] = _ci(r[f"{fam}_fit"], r[f"{fam}_fit_lo"], r[f"{fam}_fit_hi"],
-                                                   star=bool(r[f"{fam}_extrapolated"]))
+            row[f"{name} {m}, fit [95% CI]"] = (_ci(r[f"{fam}_fit"], r[f"{fam}_fit_lo"], r[f"{fam}_fit_hi"],
+                                                    star=bool(r[f"{fam}_extrapolated"])) if r[f"{fam}_law"]
+                                                else NO_LAW)
             row[f"{name} best observed (trial)"] = _with_trial(r[f"{fam}_best"], r[f"{fam}_best_trial"])
         row["DiT / GAT (fit)"] = _num(r["dit_over_gat"], 3)
         row["better"] = r["better"] or "—"
@@ -538,8 +596,9 @@ def needed_display(comp: Comparison) -> pd.DataFrame:
         row = {f"target {comp.metric}": _num(r["target"])}
         for fam in FAMILIES:
             name = FAMILY_NAMES[fam]
-            row[f"{name} MACs, fit [95% CI]"] = _ci(r[f"{fam}_macs"], r[f"{fam}_macs_lo"], r[f"{fam}_macs_hi"], 3,
-                                                    star=bool(r[f"{fam}_extrapolated"]))
+            row[f"{name} MACs, fit [95% CI]"] = (_ci(r[f"{fam}_macs"], r[f"{fam}_macs_lo"], r[f"{fam}_macs_hi"], 3,
+                                                     star=bool(r[f"{fam}_extrapolated"])) if r[f"{fam}_law"]
+                                                 else NO_LAW)
             row[f"{name} first reached (trial)"] = _with_trial(r[f"{fam}_observed_macs"], r[f"{fam}_observed_trial"], 3)
         row["DiT / GAT (fit)"] = _num(r["dit_over_gat"], 3)
         rows.append(row)
@@ -558,6 +617,21 @@ def sampling_display(comp: Comparison) -> pd.DataFrame:
         "sampling GFLOPs/image": s["sample_gflops"].map(lambda v: _num(v, 4)),
         comp.metric: s["value"].map(lambda v: _num(v, 4)),
     })
+
+
+def trials_display(comp: Comparison) -> pd.DataFrame:
+    """Every trial used: family, size, training MACs, health and the final metric with the diversity beside it."""
+    t = comp.trials
+    values = final_values(t, comp.metric, comp.diversity, [])
+    out = pd.DataFrame({"family": t["family"].map(lambda f: FAMILY_NAMES.get(f, f)).to_numpy(),
+                        "trial": t["run_name"].astype(str).to_numpy(),
+                        "size": _size_key(t, _several_patches(t)).to_numpy(),
+                        "training MACs": t["train_flops"].map(lambda v: _num(v, 3)).to_numpy()})
+    if "health" in values:
+        out["health"] = values["health"].map(fmt_value)
+    for col in [comp.metric, *([comp.diversity] if comp.diversity else [])]:
+        out[col] = values[col].map(lambda v: _num(v, 4))
+    return out
 
 
 def speed_display(speed: pd.DataFrame) -> pd.DataFrame:
@@ -615,13 +689,19 @@ def _captions(comp: Comparison) -> dict[str, str]:
         "fits": f"Power laws {m} = a·x^-b per family, fitted to the final {m} of every usable trial against its "
                 f"final training compute (MACs) and against the generator's forward GFLOPs per image; {boot}.",
         "equal_compute": f"{m} at equal training compute (MACs, 1 MAC = 1 FLOP). Fit: the family's power law in "
-                         f"training MACs ({boot}; * = outside the family's range, extrapolated). Best observed: "
-                         f"the best {m} any trial of the family had reached with at most that compute, over all "
-                         f"its evaluations (the compute-efficient frontier; intermediate evaluations use fewer "
-                         f"samples than final ones).",
+                         f"training MACs ({boot}; * = outside the family's range, extrapolated; '{NO_LAW}' = its "
+                         f"exponent's CI includes 0 or has the wrong sign, so nothing is predicted from it). Best "
+                         f"observed (measured): the best {m} any trial of the family had reached with at most that "
+                         f"compute, over all its evaluations (the compute-efficient frontier; intermediate "
+                         f"evaluations use fewer samples than final ones). Better: the family whose interval lies "
+                         f"entirely on the better side of the other's; 'not separable' where the intervals overlap.",
         "needed": f"Training MACs each family needs to reach a target {m}: the inverse of its power law ({boot}; "
-                  f"* = extrapolated beyond the family's trials; ∞ = replicates that do not improve with compute) "
-                  f"and the compute at which its frontier first reached the target (— = never).",
+                  f"* = extrapolated beyond the family's trials; ∞ = replicates that do not improve with compute; "
+                  f"'{NO_LAW}' = none is computed from a fit that is no law) and the compute at which its frontier "
+                  f"first reached the target (— = never).",
+        "trials": f"Final {m} of every trial used" + (f", with {comp.diversity} beside it (1 = as varied as the "
+                                                      f"data, near 0 = mode collapse)" if comp.diversity else "")
+                  + ".",
         "sampling": f"{m} against sampling compute per image (GFLOPs, 1 MAC = 1 FLOP): GAT = one generator "
                     f"forward (1 NFE); DiT = NFE × denoiser forward (× 2 with guidance), at every NFE of its final "
                     f"evaluation.",
@@ -646,8 +726,10 @@ def _headline(comp: Comparison) -> list[str]:
         if fit is not None:
             lo, hi = fit.ci["b"]
             ci = f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else ""
-            lines.append(f"{FAMILY_NAMES[fam]}: {comp.metric} ≈ {fit.params['a']:.4g}·C^-{fit.params['b']:.3f}{ci} "
-                         f"over training MACs C (n = {fit.n}, R² = {fit.r2_log:.3f})")
+            law = f"{comp.metric} ≈ {fit.params['a']:.4g}·C^-{fit.params['b']:.3f}{ci}"
+            if not fit.is_law:
+                law = f"**no scaling law at this scale** ({fit.no_law}; fit b = {fit.params['b']:.3f}{ci})"
+            lines.append(f"{FAMILY_NAMES[fam]}: {law} over training MACs C (n = {fit.n}, R² = {fit.r2_log:.3f})")
     return lines
 
 
@@ -661,15 +743,17 @@ def write_comparison(comp: Comparison, out_dir: Path, *, log_artifacts: bool = T
     files: list[Path] = []
     captions = _captions(comp)
     displays = {"fits": fits_display(comp), "equal_compute": equal_compute_display(comp),
-                "needed": needed_display(comp), "sampling": sampling_display(comp)}
+                "needed": needed_display(comp), "sampling": sampling_display(comp), "trials": trials_display(comp)}
     raws = {"fits": fits_frame(comp), "equal_compute": comp.equal_compute, "needed": comp.needed,
-            "sampling": comp.sampling.drop(columns=["size_rank"])}
+            "sampling": comp.sampling.drop(columns=["size_rank"]),
+            "trials": final_values(comp.trials, comp.metric, comp.diversity,
+                                   ["family", "trial_id", "run_id", "size", "patch", "train_flops"])}
     if comp.speed is not None:
         displays["speed"] = speed_display(comp.speed)
         raws["speed"] = comp.speed
         captions["speed"] = comp.speed_caption or "Sampling speed (images/s)."
     names = {"fits": "fits", "equal_compute": "equal_compute", "needed": "needed_compute", "sampling": "sampling",
-             "speed": "speed"}
+             "trials": "trials", "speed": "speed"}
     for key, display in displays.items():
         stem = tables / names[key]
         stem.with_suffix(".md").write_text(f"{captions[key]}\n\n{markdown_table(display)}")
@@ -692,6 +776,8 @@ def write_comparison(comp: Comparison, out_dir: Path, *, log_artifacts: bool = T
         "equal_compute": _records(comp.equal_compute), "needed_compute": _records(comp.needed),
         "sampling": _records(comp.sampling.drop(columns=["size_rank"])),
         "speed": None if comp.speed is None else {"caption": comp.speed_caption, "rows": _records(comp.speed)},
+        "trial_values": _records(raws["trials"]), "diversity_metric": comp.diversity,
+        "keep_unhealthy": comp.keep_unhealthy, "unhealthy": _records(comp.unhealthy),
         "excluded": _records(comp.excluded), "notes": comp.notes,
     }
     (out_dir / "compare.json").write_text(json.dumps(json_safe(summary), indent=2, default=str))
@@ -740,10 +826,15 @@ def _markdown(comp: Comparison, displays: dict[str, pd.DataFrame], captions: dic
               figures: dict[str, list[Path]], out_dir: Path) -> str:
     counts = comp.counts()
     direction = "lower" if comp.lower_is_better else "higher"
+    left_out = int((~comp.unhealthy["used"]).sum()) if len(comp.unhealthy) else 0
     md = [f"# GAT vs DiT: {', '.join(comp.studies)}\n",
-          f"- metric: **{comp.metric}** ({direction} is better); final value = last evaluation of each trial",
+          f"- metric: **{comp.metric}** ({direction} is better); final value = last evaluation of each trial"
+          + (f"; diversity: **{comp.diversity}** (1 = as varied as the data, near 0 = mode collapse)"
+             if comp.diversity else ""),
           f"- trials used: GAT {counts['gat']}, DiT {counts['dit']}"
-          + (f"; {len(comp.excluded)} excluded" if len(comp.excluded) else ""),
+          + (f"; {len(comp.excluded)} excluded" if len(comp.excluded) else "")
+          + (f" ({left_out} as unhealthy: see Excluded trials)" if left_out else "")
+          + ("; unhealthy trials kept (--keep-unhealthy)" if comp.keep_unhealthy and len(comp.unhealthy) else ""),
           f"- compute convention: {FLOP_CONVENTION}",
           f"- uncertainty: 95 % percentile intervals from {comp.n_boot} bootstrap resamples of trials "
           f"(seed {comp.seed})",
@@ -753,6 +844,8 @@ def _markdown(comp: Comparison, displays: dict[str, pd.DataFrame], captions: dic
         md += ["**Fitted laws**\n", *[f"- {h}" for h in head], ""]
     md += ["## Metric vs training compute\n", captions["fits"] + "\n", markdown_table(displays["fits"]),
            _links("fits"), _img(figures["train"], out_dir, f"{comp.metric} vs training compute, GAT and DiT")]
+    md += ["## Trials (final values)\n", captions["trials"] + "\n", markdown_table(displays["trials"]),
+           _links("trials")]
     md += ["## Equal training compute\n", captions["equal_compute"] + "\n", markdown_table(displays["equal_compute"]),
            _links("equal_compute")]
     md += ["## Training compute needed for a target\n", captions["needed"] + "\n", markdown_table(displays["needed"]),
@@ -765,8 +858,9 @@ def _markdown(comp: Comparison, displays: dict[str, pd.DataFrame], captions: dic
         md += [captions["speed"] + "\n", markdown_table(displays["speed"]), _links("speed")]
     else:
         md.append("_not measured (--no-speed)_\n")
+    note = comp.health_note
     if len(comp.excluded):
-        md += ["## Excluded trials\n", markdown_table(comp.excluded.map(fmt_value))]
+        md += ["## Excluded trials\n", *([note + "\n"] if note else []), markdown_table(comp.excluded.map(fmt_value))]
     if comp.notes:
         md += ["## Notes\n", *[f"- {n}" for n in comp.notes], ""]
     return "\n".join(md) + "\n"

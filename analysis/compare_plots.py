@@ -37,14 +37,18 @@ def plot_training_compute(comp: Comparison, stem: Path) -> list[Path]:
                 ax.step(xs, ys, where="post", color=color, linewidth=0.7, alpha=0.55, linestyle=":", zorder=2)
             fit = comp.fit(fam, "train_flops")
             label = FAMILY_NAMES[fam]
-            if fit is not None:
-                grid = np.geomspace(fit.x_range[0] / 1.5, fit.x_range[1] * 1.5, 200)
-                ax.plot(grid, fit.predict(grid), color=color, linewidth=1.2, zorder=2)
-                if len(fit.boot):
+            if fit is not None:  # a fit that is no scaling law: thin and dashed over the trials' range, no band
+                grid = np.geomspace(fit.x_range[0] / 1.5, fit.x_range[1] * 1.5, 200) if fit.is_law else \
+                    np.geomspace(*fit.x_range, 50)
+                ax.plot(grid, fit.predict(grid), color=color, linewidth=1.2 if fit.is_law else 0.7,
+                        linestyle="-" if fit.is_law else "--", zorder=2)
+                if len(fit.boot) and fit.is_law:
                     ax.fill_between(grid, *fit.band(grid), color=color, alpha=0.15, linewidth=0, zorder=1)
                 label += f": b = {fit.params['b']:.3f}"
                 if np.isfinite(fit.ci["b"][0]):
                     label += f" [{fit.ci['b'][0]:.3f}, {fit.ci['b'][1]:.3f}]"
+                if not fit.is_law:
+                    label += ", no scaling law"
             handles.append(Line2D([], [], color=color, marker="o", label=label))
         handles.append(Line2D([], [], color="0.4", linestyle=":", linewidth=0.8, label="frontier (all evaluations)"))
         ax.set_xscale("log")

@@ -213,9 +213,12 @@ def measure_sampling_speed(trials: pd.DataFrame, batch: int = 64, *, device: str
 # --- the command ---------------------------------------------------------------------------------
 def run_comparison(study: str, tracking_uri: str, out_dir: Path, metric: str | None = None, *, speed: bool = True,
                    batch: int = 64, n_boot: int = 1000, seed: int = 0, budgets: list[float] | None = None,
-                   targets: list[float] | None = None, include_failed: bool = False, timed_nfe: int = 1,
-                   device: str = "auto", log_artifacts: bool = True, trial_ids: set[str] | None = None):
+                   targets: list[float] | None = None, include_failed: bool = False, keep_unhealthy: bool = False,
+                   timed_nfe: int = 1, device: str = "auto", log_artifacts: bool = True,
+                   trial_ids: set[str] | None = None):
     """Load the study, compare the families, measure speed (unless `speed` is False), write and log everything.
+
+    Unhealthy trials (collapsed, diverged) are left out, with a note naming each, unless `keep_unhealthy`.
 
     Returns the `analysis.compare.Comparison` (its `files`, `notes`, `logged_to` filled in).
     """
@@ -224,7 +227,7 @@ def run_comparison(study: str, tracking_uri: str, out_dir: Path, metric: str | N
 
     data = load_studies(tracking_uri, study, extra_keys=[metric] if metric else [], trial_ids=trial_ids)
     comp = compare_families(data, metric, budgets=budgets, targets=targets, n_boot=n_boot, seed=seed,
-                            include_failed=include_failed)
+                            include_failed=include_failed, keep_unhealthy=keep_unhealthy)
     if speed:
         comp.speed, comp.speed_caption, notes = measure_sampling_speed(comp.trials, batch, device=device,
                                                                        timed_nfe=timed_nfe)
@@ -241,7 +244,7 @@ def compare(study: str, tracking_uri: str, out_dir: Path, metric: str | None, sp
     `out_dir` and logs them on the study's parent run under `compare/`.  Raises AnalysisError
     (a ValueError) with a message for the user when a family is missing or has fewer than 2
     usable trials, the study is unknown or the metric was not logged.  Keyword arguments go
-    to `run_comparison` (n_boot, seed, budgets, targets, include_failed, timed_nfe, device).
+    to `run_comparison` (n_boot, seed, budgets, targets, include_failed, keep_unhealthy, timed_nfe, device).
     """
     return run_comparison(study, tracking_uri, out_dir, metric, speed=speed, batch=batch, **kwargs).path
 
@@ -283,8 +286,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         comp = run_comparison(name, uri, out, args.metric, speed=args.speed, batch=args.batch, n_boot=args.bootstrap,
                               seed=args.seed, budgets=args.budgets, targets=args.targets,
-                              include_failed=args.include_failed, timed_nfe=args.timed_nfe, device=args.device,
-                              trial_ids=trial_ids)
+                              include_failed=args.include_failed, keep_unhealthy=args.keep_unhealthy,
+                              timed_nfe=args.timed_nfe, device=args.device, trial_ids=trial_ids)
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -297,10 +300,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if fit is not None:
             lo, hi = fit.ci["b"]
             ci = f" [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else ""
-            print(f"  {FAMILY_NAMES[fam]:<4} {comp.metric} ~ train MACs^-b: b = {fit.params['b']:.3f}{ci}, n = {fit.n}")
+            verdict = "" if fit.is_law else f" -> no scaling law at this scale ({fit.no_law})"
+            print(f"  {FAMILY_NAMES[fam]:<4} {comp.metric} ~ train MACs^-b: b = {fit.params['b']:.3f}{ci}, "
+                  f"n = {fit.n}{verdict}")
     for row in comp.equal_compute.to_dict(orient="records"):
-        print(f"  at {row['budget_macs']:.3g} MACs: GAT {row['gat_fit']:.4g}, DiT {row['dit_fit']:.4g}"
-              + (f" -> {row['better']}" if row["better"] else ""))
+        values = ", ".join(f"{FAMILY_NAMES[f]} {row[f + '_fit']:.4g}" if row[f"{f}_law"] else
+                           f"{FAMILY_NAMES[f]} no scaling law" for f in FAMILIES)
+        print(f"  at {row['budget_macs']:.3g} MACs: {values} -> {row['better']}")
     if comp.speed is not None and len(comp.speed):
         for row in comp.speed.to_dict(orient="records"):
             print(f"  speed {row['size']} {FAMILY_NAMES.get(row['family'], row['family'])} NFE {row['nfe']}: "
