@@ -92,11 +92,14 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
-    from orchestrator.flops_cmd import flops_report
+    from orchestrator.flops_cmd import flops_report, study_flops_report
 
+    options = dict(teacher=args.teacher, teacher_size=args.teacher_size, grad_checkpoint=args.checkpoint)
+    if args.model.endswith((".yaml", ".yml")):  # a study file: its own sizes, input shape and classes
+        print(study_flops_report(Path(args.model), args.overrides, as_json=args.json, **options))
+        return 0
     print(flops_report(args.model, resolution=args.resolution, channels=args.channels, num_classes=args.num_classes,
-                       levels=args.levels, as_json=args.json, teacher=args.teacher, teacher_size=args.teacher_size,
-                       grad_checkpoint=args.checkpoint))
+                       levels=args.levels, as_json=args.json, **options))
     return 0
 
 
@@ -139,10 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("flops", help="parameters, GFLOPs per image and training MACs of a model size")
-    p.add_argument("model", help="registry name (GAT-XL/2) or free sizes like w64-d4-h4-p2")
-    p.add_argument("--resolution", type=int, default=32, help="input side (latent cells or pixels); default 32")
-    p.add_argument("--channels", type=int, default=4, help="input channels; default 4 (SD-VAE latents)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("model", help="registry name (GAT-XL/2, DiT-B/4), free sizes like w64-d4-h4-p2, or a study "
+                                 "file (every size of it, at the study's input shape and classes)")
+    p.add_argument("--resolution", type=int, help="input side (latent cells or pixels); default 32")
+    p.add_argument("--channels", type=int, help="input channels; default 4 (SD-VAE latents)")
+    p.add_argument("--num-classes", type=int, help="classes; default 1000 (ImageNet)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the study file")
     p.add_argument("--levels", type=int, default=4, help="MNG levels K (1 = MNG off)")
     p.add_argument("--teacher", help="timm name of a VFM teacher to include (e.g. vit_base_patch14_dinov2)")
     p.add_argument("--teacher-size", type=int, default=224)

@@ -19,6 +19,9 @@ from gat_core.config import ModelConfig, VFMConfig
 from gat_core.flops import (
     PASS_LABELS,
     discriminator_cost,
+    dit_cost,
+    dit_iteration_passes,
+    dit_parameter_count,
     generator_cost,
     iteration_passes,
     parameter_counts,
@@ -35,9 +38,9 @@ CONVENTION = ("DiT convention: 1 multiply-accumulate (MAC) = 1 FLOP, per image; 
 def parse_model(model: str) -> ModelConfig:
     """`GAT-B/4` or `w64-d4-h4-p2` -> ModelConfig; ValueError saying what is accepted otherwise."""
     name = model.strip()
-    if name.startswith("GAT-"):
+    if name.startswith(("GAT-", "DiT-")):
         parse_preset(name)  # a plain ValueError naming the choices
-        return ModelConfig(preset=name)
+        return ModelConfig(preset=name)  # a DiT- name is the diffusion baseline (family dit)
     match = FREE_SIZE.match(name)
     if not match:
         raise ValueError(f"model: cannot parse {model!r}; expected a registry name ({', '.join(preset_names())}) "
@@ -79,10 +82,50 @@ def flops_data(model: str, resolution: int = 32, channels: int = 4, num_classes:
     }
 
 
-def flops_report(model: str, resolution: int = 32, channels: int = 4, num_classes: int = 1000, levels: int = 4,
-                 as_json: bool = False, *, teacher: str | None = None, teacher_size: int = 224,
-                 grad_checkpoint: bool = False) -> str:
-    """Text (or JSON) report of params, per-image GFLOPs and per-iteration MACs of one model size."""
+def dit_flops_data(model: str, resolution: int, channels: int, num_classes: int, *,
+                   grad_checkpoint: bool = False) -> dict[str, Any]:
+    """What `flops_report` prints for a diffusion-baseline size (`DiT-B/2`): the denoiser's params, GFLOPs per
+    image and the MACs of one training iteration per sample (sampling costs NFE x the forward)."""
+    m = parse_model(model)
+    if resolution % m.patch_size:
+        raise ValueError(f"resolution: patch size {m.patch_size} does not divide resolution {resolution}")
+    cost = dit_cost(channels, resolution, m.patch_size, m.width, m.depth)
+    passes = dit_iteration_passes(cost, grad_checkpoint=grad_checkpoint)
+    return {"model": model, "family": "dit", "resolution": resolution, "channels": channels,
+            "num_classes": num_classes, "width": m.width, "depth": m.depth, "heads": m.heads,
+            "patch_size": m.patch_size, "tokens": (resolution // m.patch_size) ** 2,
+            "params": dit_parameter_count(channels, m.patch_size, m.width, m.depth, num_classes),
+            "gflops": cost.total / 1e9, "macs": cost.total, "grad_checkpoint": grad_checkpoint,
+            "iteration_macs_per_sample": {"passes": passes, "total": sum(passes.values())}, "convention": CONVENTION}
+
+
+def _dit_report(r: dict[str, Any], defaults_note: str) -> str:
+    it = r["iteration_macs_per_sample"]
+    lines = [f"{r['model']}: DiT denoiser {r['width']}x{r['depth']}/h{r['heads']}, patch {r['patch_size']}, "
+             f"{r['tokens']} tokens; input {r['resolution']}x{r['resolution']}x{r['channels']}, "
+             f"{r['num_classes']} classes{defaults_note}", f"({r['convention']})",
+             f"params       {r['params'] / 1e6:10.3f}M ({r['params']:,})",
+             f"GFLOPs/image {r['gflops']:10.4f}    (one network evaluation; sampling costs NFE x this, x 2 with guidance)",
+             "training iteration, MACs per sample" + (", gradient checkpointing:" if r["grad_checkpoint"] else ":")]
+    lines += [f"  {k:<10} {si_units(v, 3):>12}" for k, v in it["passes"].items() if v]
+    lines.append(f"  {'total':<10} {si_units(it['total'], 3):>12}")
+    return "\n".join(lines)
+
+
+def flops_report(model: str, resolution: int | None = None, channels: int | None = None,
+                 num_classes: int | None = None, levels: int = 4, as_json: bool = False, *, teacher: str | None = None,
+                 teacher_size: int = 224, grad_checkpoint: bool = False, family: str | None = None) -> str:
+    """Text (or JSON) report of params, per-image GFLOPs and per-iteration MACs of one model size.
+
+    Input shape and classes left unset are ImageNet-256 in SD-VAE latents (32x32x4, 1000 classes), and the
+    report says so; a study's own shapes come from `gat-study plan` or `flops STUDY.yaml`."""
+    unset = [name for name, v in (("resolution 32", resolution), ("channels 4", channels),
+                                  ("1000 classes", num_classes)) if v is None]
+    defaults_note = f" (defaults: {', '.join(unset)} = ImageNet-256 SD-VAE latents)" if unset else ""
+    resolution, channels, num_classes = resolution or 32, channels or 4, num_classes or 1000
+    if (family or parse_model(model).family) == "dit":
+        r = dit_flops_data(model, resolution, channels, num_classes, grad_checkpoint=grad_checkpoint)
+        return json.dumps(r, indent=2) if as_json else _dit_report(r, defaults_note)
     r = flops_data(model, resolution, channels, num_classes, levels, teacher=teacher, teacher_size=teacher_size,
                    grad_checkpoint=grad_checkpoint)
     if as_json:
@@ -91,7 +134,7 @@ def flops_report(model: str, resolution: int = 32, channels: int = 4, num_classe
     lines = [
         f"{model}: G {g['width']}x{g['depth']}/h{g['heads']}, D {d['width']}x{d['depth']}/h{d['heads']} "
         f"(class projection {d['cond_dim']}), patch {r['patch_size']}, {r['tokens']} tokens; "
-        f"input {resolution}x{resolution}x{channels}, {num_classes} classes, K={levels} levels",
+        f"input {resolution}x{resolution}x{channels}, {num_classes} classes, K={levels} levels{defaults_note}",
         f"({r['convention']})",
         f"params       G {r['params_g'] / 1e6:10.3f}M ({r['params_g']:,})   "
         f"D {r['params_d'] / 1e6:10.3f}M ({r['params_d']:,})",
@@ -117,3 +160,24 @@ def flops_report(model: str, resolution: int = 32, channels: int = 4, num_classe
         "  the exact D step uses the math backend (4), the only one with a double backward.",
     ]
     return "\n".join(lines)
+
+
+def study_flops_report(path: Path, overrides: list[str], as_json: bool = False, **options: Any) -> str:
+    """`flops_report` of every distinct model size of a study, at the study's own input shape and classes."""
+    from orchestrator.plan import dataset_classes
+    from orchestrator.study import load_study
+
+    study = load_study(path, overrides)
+    seen, reports = set(), []
+    for trial in study.trials:
+        m, d = trial.config.model, trial.config.dataset
+        name = f"w{m.width}-d{m.depth}-h{m.heads}-p{m.patch_size}"
+        key = (name, m.family, d.model_resolution, d.model_channels, trial.config.train.levels)
+        if key in seen:
+            continue
+        seen.add(key)
+        reports.append(flops_report(name, d.model_resolution, d.model_channels, dataset_classes(d),
+                                    trial.config.train.levels, as_json, family=m.family, **options))
+    if as_json:
+        return "[" + ",\n".join(reports) + "]"
+    return f"study {study.config.name} ({path}): {len(reports)} model sizes\n\n" + "\n\n".join(reports)

@@ -91,3 +91,21 @@ def test_live_table_redraws_in_place_on_a_terminal_and_appends_in_a_log(tty):
     text = stream.getvalue()
     assert text.count("width=32") == 2 and "0.800" in text and "9.500" in text
     assert ("\x1b[2F\x1b[J" in text) is tty  # two lines (header + one trial) redrawn only on a terminal
+
+
+def test_flops_takes_the_dit_presets_its_error_lists_and_says_which_defaults_it_used(capsys):
+    assert main(["flops", "DiT-B/2"]) == 0
+    out = capsys.readouterr().out
+    assert "DiT denoiser 768x12/h12" in out and "23.01" in out  # DiT-B/2: 23.01 GFLOPs in the DiT paper
+    assert "defaults: resolution 32, channels 4, 1000 classes" in out
+    assert main(["flops", "GAT-S/2", "--resolution", "16", "--channels", "3", "--num-classes", "10"]) == 0
+    assert "defaults" not in capsys.readouterr().out
+
+
+def test_flops_of_a_study_file_uses_the_study_shapes(tmp_path, capsys):
+    import json
+
+    assert main(["flops", str(_study(tmp_path, grid={"model.width": [32, 48]})), "--json"]) == 0
+    reports = json.loads(capsys.readouterr().out)
+    assert [(r["g"]["width"], r["resolution"], r["channels"], r["num_classes"]) for r in reports] == [
+        (32, 8, 3, 10), (48, 8, 3, 10)]  # as `plan` sees them, not ImageNet latents
