@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from gat_core.config import TrialConfig
-from gat_core.train import DivergenceCheck, train
+from gat_core.health import DivergenceCheck
+from gat_core.train import train
 
 
 def test_tiny_gat_learns_shapes(tmp_path):
