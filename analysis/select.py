@@ -3,7 +3,7 @@
 The quality metric is named by its feature extractor (`fd_classifier`, `fid`, `fd_dinov2`,
 ...).  Values from different extractors are on different scales, so a fit over trials
 that were scored differently would be meaningless: it is refused with a message.  Its
-diversity companion (`diversity_classifier`) is read beside it, never fitted.
+diversity companion (`diversity_pixels`) is read beside it, never fitted.
 
 A trial the trainer judged unhealthy (tag `health` = `collapsed` or `diverged`) is not
 science: its metric measures a broken GAN, not a model size, so it is left out of every fit
@@ -31,19 +31,23 @@ def lower_is_better(metric: str) -> bool:
     return not _HIGHER_IS_BETTER.search(metric)
 
 
-def diversity_key(metric: str) -> str | None:
-    """`diversity_<extractor>` of a quality metric named by its extractor (`fd_classifier` -> `diversity_classifier`,
-    `fid` -> `diversity_inception`); None for a name that does not say its extractor."""
-    if metric in ("fid", "fid_inf"):
-        return f"{DIVERSITY_PREFIX}inception"
-    extractor = _KIND_PREFIX.sub("", metric)
-    return f"{DIVERSITY_PREFIX}{extractor}" if extractor != metric and extractor else None
+DIVERSITY_METRIC = f"{DIVERSITY_PREFIX}pixels"  # what trials log beside the quality metric (gat_core EvalConfig)
+
+
+def diversity_key(metric: str) -> str:
+    """The diversity metric trials log beside `metric`: `diversity_pixels`, whatever the quality metric's
+    extractor (learned features are made to ignore the pose a collapsed generator stops varying)."""
+    return DIVERSITY_METRIC
 
 
 def diversity_metric(data: StudyData, metric: str) -> str | None:
-    """The diversity metric logged beside `metric`, or None (older stores, DiT-only studies)."""
-    key = diversity_key(metric)
-    return key if key is not None and key in data.metric_keys else None
+    """The diversity metric logged beside `metric`: `diversity_pixels`, else (stores written before it) the one in
+    the quality metric's extractor's features; None when the store has neither (DiT-only or old studies)."""
+    extractor = _KIND_PREFIX.sub("", metric)
+    for key in (DIVERSITY_METRIC, f"{DIVERSITY_PREFIX}{'inception' if metric in ('fid', 'fid_inf') else extractor}"):
+        if key in data.metric_keys:
+            return key
+    return None
 
 
 def primary_metric(data: StudyData, metric: str | None = None) -> str:

@@ -94,7 +94,7 @@ def synthetic_trial(width: int, depth: int, patch: int, final_value: float, *, s
         for i, u in enumerate(block_util):
             metrics[f"block_util_{i}"] = {s: u * (0.5 + 0.5 * s / steps) for s in evals}
     if diversity is not None:
-        metrics[diversity_key(metric) or f"diversity_{metric}"] = {s: 0.5 + (diversity - 0.5) * s / steps
+        metrics[diversity_key(metric)] = {s: 0.5 + (diversity - 0.5) * s / steps
                                                                    for s in evals}
     status, reason = ("completed", "") if diverge_at is None else ("diverged", f"non-finite loss_d at step {diverge_at}")
     return SyntheticTrial(config=config, metrics=metrics, status=status, reason=reason, final_step=last,

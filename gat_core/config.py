@@ -240,8 +240,8 @@ class EvalConfig(StrictModel):
         "fd_classifier (a classifier trained on the study data: no download), fid (Inception; needs "
         "eval.inception_weights), fd_dinov2 (needs eval.dinov2_weights), or kid_/precision_/recall_<extractor>.")
     diversity: bool = Field(
-        True, description="Log diversity_<extractor of metric> (within-class spread of the samples' features over the "
-        "data's; 1 = as varied as the data, near 0 = mode collapse) beside the metric at every evaluation.")
+        True, description="Log diversity_pixels (within-class pixel spread of the samples over the data's; 1 = as "
+        "varied as the data, near 0 = mode collapse) beside the metric at every evaluation.")
     health_min_diversity: float | None = Field(
         0.2, ge=0, description="A finished trial whose final diversity is below this is tagged health=collapsed and "
         "left out of fits by default (null: never).")
@@ -289,10 +289,8 @@ class EvalConfig(StrictModel):
 
     @property
     def diversity_metric(self) -> str | None:
-        """`diversity_<x>` in the features of the primary metric's extractor (None when eval.diversity is off)."""
-        from gat_core.metrics.names import metric_name, parse_metric
-
-        return metric_name("diversity", parse_metric(self.metric).extractor) if self.diversity else None
+        """`diversity_pixels` (None when eval.diversity is off): see `gat_core.metrics.names`."""
+        return "diversity_pixels" if self.diversity else None
 
     @property
     def interval_metrics(self) -> list[str]:

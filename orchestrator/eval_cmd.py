@@ -37,8 +37,9 @@ def _eval_config(base: EvalConfig, metrics: list[str], **overrides) -> EvalConfi
     if not metrics:
         raise ValueError("metric: give at least one metric (e.g. --metric fid)")
     fields = {k: v for k, v in overrides.items() if v is not None}
-    return base.model_copy(update={"metric": parse_metric(metrics[0]).name,
-                                   "extra_metrics": [parse_metric(m).name for m in metrics[1:]], **fields})
+    return base.model_copy(update={"metric": parse_metric(metrics[0]).name,  # exactly the metrics asked for
+                                   "extra_metrics": [parse_metric(m).name for m in metrics[1:]], "diversity": False,
+                                   **fields})
 
 
 def _sampler(state: dict, cfg: TrialConfig, num_classes: int, device: torch.device, truncation: float,

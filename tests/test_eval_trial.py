@@ -38,7 +38,7 @@ def test_eval_config_defaults_and_validation() -> None:
     assert e.metric == "fd_classifier" and e.extra_metrics == [] and e.truncation == 0.0
     assert e.inception_weights is None and e.dinov2_weights is None and e.reference_stats is None
     e = EvalConfig(metric="fid", extra_metrics=["kid_inception", "fid", "kid_inception"])
-    assert e.final_metrics == ["fid", "diversity_inception", "kid_inception"]  # diversity beside the metric
+    assert e.final_metrics == ["fid", "diversity_pixels", "kid_inception"]  # diversity beside the metric
     with pytest.raises(ValidationError, match="fd_inception"):
         EvalConfig(metric="fd_inception")
     with pytest.raises(ValidationError, match="unknown metric"):

@@ -25,7 +25,7 @@ from analysis.synthetic import family_trial, log_study, model_cost, power_law_tr
 from orchestrator.analyze_cmd import add_analyze_parser, analyze
 from orchestrator.compare_cmd import add_compare_parser
 
-COLLAPSE_REASON = "mode collapse: final diversity_classifier 0.030 < 0.2"
+COLLAPSE_REASON = "mode collapse: final diversity_pixels 0.030 < 0.2"
 C0 = 1e12
 
 
@@ -80,14 +80,13 @@ def test_health_and_diversity_are_read_from_the_contract(store: str) -> None:
     assert sick["status"] == "completed" and sick["health_reason"] == COLLAPSE_REASON
     gone = t[t["status"] == "diverged"].iloc[0]  # no health tag: unhealthy because diverged, with its reason
     assert gone["health"] == "diverged" and gone["health_reason"] == "non-finite loss_d at step 200"
-    assert diversity_key("fd_classifier") == "diversity_classifier" and diversity_key("fid") == "diversity_inception"
-    assert diversity_key("kid_dinov2") == "diversity_dinov2" and diversity_key("loss_d") is None
-    assert diversity_metric(data, "fd_classifier") == "diversity_classifier"
+    assert diversity_key("fd_classifier") == diversity_key("fid") == "diversity_pixels"  # whatever the extractor
+    assert diversity_metric(data, "fd_classifier") == "diversity_pixels"
     assert diversity_metric(load_studies(store, "wrong-sign"), "fd_classifier") is None  # an older store
-    assert not lower_is_better("diversity_classifier") and lower_is_better("fd_classifier")
+    assert not lower_is_better("diversity_pixels") and lower_is_better("fd_classifier")
     assert lower_is_better("kid_inception") and not lower_is_better("inception_score")  # one rule, by name
-    assert sick["diversity_classifier"] == pytest.approx(0.03)
-    curve = data.history[(data.history["key"] == "diversity_classifier") & (data.history["run_id"] == sick["run_id"])]
+    assert sick["diversity_pixels"] == pytest.approx(0.03)
+    curve = data.history[(data.history["key"] == "diversity_pixels") & (data.history["run_id"] == sick["run_id"])]
     assert curve.sort_values("step")["value"].tolist() == pytest.approx([0.5, 0.3825, 0.265, 0.1475, 0.03])
 
 
@@ -107,7 +106,7 @@ def test_analyze_excludes_collapsed_trials_with_a_note_and_keeps_them_on_request
     default = tmp_path / "default"
     text = analyze("collapse", store, default, None, n_boot=50).read_text()
     fits = json.loads((default / "fits.json").read_text())
-    assert fits["n_used"] == 6 and fits["diversity_metric"] == "diversity_classifier"
+    assert fits["n_used"] == 6 and fits["diversity_metric"] == "diversity_pixels"
     note = next(n for n in fits["notes"] if "unhealthy" in n)
     sick = load_studies(store, "collapse").trials.query("health == 'collapsed'")["run_name"].iloc[0]
     assert f"{sick} (collapsed: {COLLAPSE_REASON})" in note and "--keep-unhealthy" in note
@@ -116,10 +115,10 @@ def test_analyze_excludes_collapsed_trials_with_a_note_and_keeps_them_on_request
     power = next(f for f in fits["fits"] if f["kind"] == "power" and f["x"] == "gflops_g" and f["group"] == "all")
     assert power["n"] == 6 and power["scaling_law"] and abs(power["params"]["b"] - 0.4) < 0.05
     trials = pd.read_csv(default / "tables" / "trials.csv")
-    assert {"health", "health_reason", "diversity_classifier", "used"} <= set(trials.columns)
+    assert {"health", "health_reason", "diversity_pixels", "used"} <= set(trials.columns)
     assert trials.loc[trials["health"] == "collapsed", "used"].tolist() == [False]
     final = text[text.index("## Trials (final values)"):text.index("## Scaling fits")]
-    assert "| fd_classifier | diversity_classifier |" in final and sick not in final and "| 0.9 |" in final
+    assert "| fd_classifier | diversity_pixels |" in final and sick not in final and "| 0.9 |" in final
     excluded = text[text.index("## Excluded trials"):text.index("## Trials (final values)")]
     assert "| 0.03 |" in excluded  # the diversity that explains the exclusion
     frontier = pd.read_csv(default / "tables" / "frontier.csv")
@@ -151,12 +150,12 @@ def test_ablation_tables_show_diversity_beside_the_metric(store: str, tmp_path: 
     log_study(store, "ablate-diversity", trials)
     report = write_report(load_studies(store, "ablate-diversity"), tmp_path, n_boot=20, log_artifacts=False)
     table = report.diversity_ablations["train.mng"]
-    assert table.metric == "diversity_classifier" and not table.lower_is_better
+    assert table.metric == "diversity_pixels" and not table.lower_is_better
     assert table.baseline == "off"  # no base config: the "off" setting
     np.testing.assert_allclose(table.cells.loc[table.cells["value"] == "exp", "delta"], 0.5)
-    assert (tmp_path / "tables" / "ablation_train_mng_diversity_classifier.tex").exists()
+    assert (tmp_path / "tables" / "ablation_train_mng_diversity_pixels.tex").exists()
     text = report.path.read_text()
-    assert "diversity_classifier (higher is better) by train.mng" in text
+    assert "diversity_pixels (higher is better) by train.mng" in text
 
 
 # --- no scaling law is reported as such --------------------------------------------------------------
@@ -201,10 +200,10 @@ def test_compare_separate_intervals_name_the_family(store: str, tmp_path: Path) 
     table = comp.equal_compute
     assert len(table) and (table["better"] == "GAT").all()
     assert (table["gat_fit_hi"] < table["dit_fit_lo"]).all()
-    assert comp.diversity == "diversity_classifier"
+    assert comp.diversity == "diversity_pixels"
     write_comparison(comp, tmp_path, log_artifacts=False)
     trials = (tmp_path / "tables" / "trials.md").read_text()
-    assert "| fd_classifier | diversity_classifier |" in trials and "| 0.9 |" in trials
+    assert "| fd_classifier | diversity_pixels |" in trials and "| 0.9 |" in trials
 
 
 def test_compare_overlapping_intervals_are_not_separable(store: str) -> None:

@@ -152,7 +152,8 @@ def build_evaluator(eval_cfg, dataset, cache_dir: Path, device: str | torch.devi
         return dataset
 
     for name in extractors_of(metrics):
-        extractor, acc = build_extractor(name, eval_cfg, data() if name == "classifier" else dataset, cache_dir, device)
+        extractor, acc = build_extractor(name, eval_cfg, data() if name in ("classifier", "pixels") else dataset,
+                                         cache_dir, device)
         if acc is not None:
             accuracy = acc
         extractors[name] = extractor

@@ -28,6 +28,31 @@ from gat_core.metrics.stats import file_digest
 from gat_core.weights import eval_dinov2_weights, inception_weights
 
 log = logging.getLogger(__name__)
+PIXEL_SIDE = 32  # pixel features are area-pooled to at most this side
+
+
+class PixelExtractor:
+    """The images themselves as features: uint8-quantised, area-pooled to at most 32 x 32, flattened.
+
+    What `diversity_pixels` measures in.  The learned extractors are built to ignore exactly the
+    variation a collapsed generator lacks: a classifier trained on the study data maps every pose,
+    position and size of a class to nearly the same features (a generator drawing one pose per class
+    keeps fd_classifier, recall_classifier and a classifier-feature spread near the data's), and
+    Inception or DINOv2 features are semantic too.  In pixels, two samples that differ in where or
+    how the object is drawn are never alike."""
+
+    name = "pixels"
+
+    def __init__(self, channels: int, resolution: int) -> None:
+        self.side = min(resolution, PIXEL_SIDE)
+        self.dim = channels * self.side * self.side
+        self.key = f"pixels{self.side}"
+
+    def features(self, images: Tensor) -> Tensor:
+        x = quantize_uint8(images).float() / 127.5 - 1.0
+        if x.shape[-1] != self.side:
+            x = torch.nn.functional.adaptive_avg_pool2d(x, self.side)
+        return x.flatten(1)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -153,6 +178,8 @@ def build_extractor(name: str, eval_cfg, dataset, cache_dir: Path, device: str |
         return InceptionExtractor(eval_cfg.inception_weights, device), None
     if name == "dinov2":
         return DINOv2Extractor(eval_cfg.dinov2_weights, device), None
+    if name == "pixels":
+        return PixelExtractor(dataset.channels, dataset.resolution), None
     raise ValueError(f"unknown feature extractor {name!r}")
 
 

@@ -11,7 +11,12 @@ Grammar (`parse_metric`):
 - `diversity_<extractor>`: within-class spread of the generated features over that of the real data,
   sum_i ||f_i - mean_{class(i)}||^2 / N of the samples divided by the same of the dataset (1 = as varied
   within each class as the data, near 0 = every z of a class gives the same image: mode collapse).
-  GAN trials log it beside the quality metric at every evaluation (`EvalConfig.diversity_metric`).
+  Trials log `diversity_pixels` beside the quality metric at every evaluation (`EvalConfig.diversity_metric`):
+  in pixels, because the learned extractors are made to ignore the pose and placement a collapsed
+  generator stops varying.
+
+Extractors: `inception`, `dinov2`, `classifier` (below) and `pixels` (the images themselves, pooled to at most
+32 x 32; for `diversity_pixels` only).
 
 Extractors: `inception` (TF-Inception port of torch-fidelity), `dinov2` (DINOv2 ViT-*/14), `classifier`
 (the project's own network, trained on the study dataset).  Values of different extractors are on
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-EXTRACTORS = ("inception", "dinov2", "classifier")
+EXTRACTORS = ("inception", "dinov2", "classifier", "pixels")
 KINDS = ("fd", "fd_inf", "kid", "precision", "recall", "diversity")
 PER_SAMPLE_KINDS = frozenset({"fd_inf", "kid", "precision", "recall", "diversity"})  # need the features, not only mean/cov
 REAL_FEATURE_KINDS = frozenset({"kid", "precision", "recall", "diversity"})  # need the real features too
@@ -71,6 +76,9 @@ def parse_metric(name: str) -> MetricSpec:
             extractor = text[len(prefix):]
             if extractor not in EXTRACTORS:
                 break
+            if extractor == "pixels" and kind != "diversity":
+                raise ValueError(f"metric: {text!r}: pixel features serve diversity_pixels only (a distance in "
+                                 "pixels says nothing about image quality)")
             if extractor == "inception" and kind in ("fd", "fd_inf"):
                 raise ValueError(f"metric: {text!r} is called {metric_name(kind, extractor)!r} (FID is the Inception "
                                  f"Fréchet distance)")
