@@ -18,7 +18,7 @@ class ProgressTable(tune.Callback):
                  refresh: float = REFRESH_SECONDS, stream: TextIO | None = None) -> None:
         self.names, self.refresh = names, refresh
         self.metric, self.diversity = metric, diversity
-        self.stream = stream or sys.stderr
+        self._stream = stream  # None: sys.stderr at print time (Tune pickles its callbacks; streams do not pickle)
         self.printed_lines = 0
         self.latest: dict[str, dict[str, Any]] = {}
         self.first_seen: dict[str, tuple[float, int]] = {}
@@ -64,6 +64,7 @@ class ProgressTable(tune.Callback):
                          f"{row.get('loss_d', float('nan')):>7.3f} {self._eta(tid, row):>7}")
         # on a terminal the table redraws in place (cursor up over the last table, clear below); in a log, where
         # nothing can be redrawn, every update is printed in full
-        redraw = f"\x1b[{self.printed_lines}F\x1b[J" if self.printed_lines and self.stream.isatty() else ""
-        print(redraw + "\n".join(lines), file=self.stream, flush=True)
+        stream = self._stream or sys.stderr
+        redraw = f"\x1b[{self.printed_lines}F\x1b[J" if self.printed_lines and stream.isatty() else ""
+        print(redraw + "\n".join(lines), file=stream, flush=True)
         self.printed_lines = len(lines)

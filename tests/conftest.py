@@ -54,3 +54,18 @@ def tiny_dinov2(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("dino") / "dinov2_vits14.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tmp_path_factory) -> Path:
+    """A randomly initialised AutoencoderKL (downsampling x2) saved with save_pretrained."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16))
+    folder = tmp_path_factory.mktemp("vae") / "tiny-vae"
+    vae.save_pretrained(folder)
+    return folder

@@ -18,20 +18,6 @@ from orchestrator.cli import main
 
 
 @pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory) -> Path:
-    """A randomly initialised AutoencoderKL (downsampling x2) saved with save_pretrained."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16))
-    folder = tmp_path_factory.mktemp("vae") / "tiny-vae"
-    vae.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def encoded(tiny_vae, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("latents") / "shapes16"
     dataset = load_dataset(DataConfig(name="shapes", resolution=16, size=96))
