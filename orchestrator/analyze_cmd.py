@@ -86,6 +86,8 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: left out, with a note naming each)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per fit (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--json", action="store_true", help="print the summary JSON the command writes (fits.json, "
+                                                       "compare.json) instead of the text summary")
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -97,6 +99,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.json:
+        print((report.path.parent / "fits.json").read_text())
+        return 0
     print(f"study {name}: {report.metric}, {len(report.selection.usable)} trials used, "
           f"{len(report.selection.excluded)} excluded")
     for fit in report.scaling.fits:

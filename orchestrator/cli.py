@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from orchestrator.summary import study_status
 
-    print(study_status(args.study, args.overrides, args.tracking_uri))
+    print(study_status(args.study, args.overrides, args.tracking_uri, as_json=args.json))
     return 0
 
 
@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="where a study stands, from MLflow")
     _add_study_args(p)
     p.add_argument("--tracking-uri", type=tracking_uri, help="MLflow tracking URI (default: the study's)")
+    p.add_argument("--json", action="store_true", help="machine-readable output: the study and one record per trial")
     p.set_defaults(func=cmd_status)
     for command in sub.choices.values():  # -v works after the subcommand too (SUPPRESS: no default to clobber)
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")

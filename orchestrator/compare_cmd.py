@@ -291,6 +291,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.json:
+        print((comp.path.parent / "compare.json").read_text())
+        return 0
     from analysis.compare import FAMILIES, FAMILY_NAMES
 
     counts = comp.counts()

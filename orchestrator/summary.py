@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 from gat_core.metrics.names import parse_metric
@@ -49,21 +51,29 @@ def format_outcomes(study: Study, outcomes: list, uri: str) -> str:
     return "\n".join(lines)
 
 
-def study_status(path: Path, overrides: list[str], tracking_uri: str | None) -> str:
+def study_status(path: Path, overrides: list[str], tracking_uri: str | None, as_json: bool = False) -> str:
+    """Where a study stands, from MLflow (text, or JSON with one record per trial); creates nothing."""
     from orchestrator.runner import collect_outcomes
     from orchestrator.tracking import StudyTracker
 
     study = load_study(path, overrides)
     uri = tracking_uri or study.config.tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():  # read-only: create no store
-        return f"study {study.config.name}: not started (no MLflow store at {uri})"
+        return (json.dumps({"study": study.config.name, "status": "not started", "tracking_uri": uri, "trials": []})
+                if as_json else f"study {study.config.name}: not started (no MLflow store at {uri})")
     tracker = StudyTracker(uri, study.config.experiment, read_only=True)
     parent = tracker.parent_run(study.config.name)
     if parent is None:
-        return f"study {study.config.name}: not started (no runs in {uri})"
+        return (json.dumps({"study": study.config.name, "status": "not started", "tracking_uri": uri, "trials": []})
+                if as_json else f"study {study.config.name}: not started (no runs in {uri})")
     parent_status = tracker.client.get_run(parent).data.tags.get("status", "unknown")
     counts: dict[str, int] = {}
     outcomes = collect_outcomes(study, tracker)
+    if as_json:
+        trials = [{**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()},
+                   "metric_name": study.config.eval.metric} for o in outcomes]
+        return json.dumps({"study": study.config.name, "status": parent_status, "tracking_uri": uri,
+                           "trials": trials}, indent=2, default=str)
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
     head = f"study {study.config.name} [{parent_status}]: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))

@@ -109,3 +109,11 @@ def test_flops_of_a_study_file_uses_the_study_shapes(tmp_path, capsys):
     reports = json.loads(capsys.readouterr().out)
     assert [(r["g"]["width"], r["resolution"], r["channels"], r["num_classes"]) for r in reports] == [
         (32, 8, 3, 10), (48, 8, 3, 10)]  # as `plan` sees them, not ImageNet latents
+
+
+def test_status_json_before_a_study_ran(tmp_path, capsys):
+    import json
+
+    assert main(["status", str(_study(tmp_path)), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) | {"tracking_uri": ""} == {
+        "study": "edges", "status": "not started", "tracking_uri": "", "trials": []}

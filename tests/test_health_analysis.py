@@ -102,7 +102,7 @@ def test_collapsed_trial_left_out_by_default_and_named(store: str) -> None:
     assert len(select_trials(data, "fd_classifier", keep_unhealthy=True, include_failed=True).usable) == 8
 
 
-def test_analyze_excludes_collapsed_trials_with_a_note_and_keeps_them_on_request(store: str, tmp_path: Path) -> None:
+def test_analyze_excludes_collapsed_trials_with_a_note_and_keeps_them_on_request(store: str, tmp_path: Path, capsys) -> None:
     default = tmp_path / "default"
     text = analyze("collapse", store, default, None, n_boot=50).read_text()
     fits = json.loads((default / "fits.json").read_text())
@@ -136,6 +136,11 @@ def test_analyze_excludes_collapsed_trials_with_a_note_and_keeps_them_on_request
     assert any("kept in the fits as asked" in n and COLLAPSE_REASON in n for n in fits["notes"])
     power = next(f for f in fits["fits"] if f["kind"] == "power" and f["x"] == "gflops_g" and f["group"] == "all")
     assert power["n"] == 7
+    args = parser.parse_args(["analyze", "collapse", "--tracking-uri", store, "--out", str(tmp_path / "json"),
+                              "--bootstrap", "20", "--json"])
+    capsys.readouterr()
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["n_used"] == 6  # --json prints fits.json, nothing else
 
 
 def test_ablation_tables_show_diversity_beside_the_metric(store: str, tmp_path: Path) -> None:
