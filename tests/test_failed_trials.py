@@ -3,6 +3,7 @@ intact; relative paths in a study file work from the user's folder; every finish
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,11 @@ def test_relative_folder_paths_run_and_a_broken_dataset_fails_once_with_its_reas
     assert bad.data.tags["status"] == "failed" and "no class subfolders" in bad.data.tags["reason"]
     history = client.get_metric_history(good.info.run_id, "diversity_pixels")
     assert sorted({m.step for m in history}) == [0, 3, 6]  # beside the metric at every evaluation
+
+    assert main(["status", "study.yaml", "--json"]) == 0
+    status = json.loads(capfd.readouterr().out)
+    assert {t["name"]: (t["status"], t["health"]) for t in status["trials"]} == {
+        "path=photos": ("completed", good.data.tags[HEALTH_TAG]), "path=empty": ("failed", "")}
 
     # the same command again: the finished trial is kept, the failed one is tried again (and fails again)
     logged = len(client.get_metric_history(good.info.run_id, "loss_d"))
