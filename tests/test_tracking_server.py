@@ -89,3 +89,36 @@ def test_server_stopped_mid_run_loses_no_metric(server, monkeypatch):
     history = MlflowClient(server.uri).get_metric_history(run_id, "loss")
     assert sorted(m.step for m in history) == list(range(1, 11))
     assert MlflowClient(server.uri).get_run(run_id).data.tags["status"] == "completed"
+
+
+def test_what_the_mlflow_ui_reads_through_the_rest_api(server, tmp_path, ray_session):
+    """A finished study as the MLflow UI sees it, asked through MLflow's REST API: a training experiment (not
+    GenAI traces), the study as the parent run, its trials nested under readable names with the swept key
+    as a param, the quality and diversity metrics, and the report and sample grids among the artifacts."""
+    spec = tiny_study("ui", tmp_path / "out")
+    spec["grid"] = {"model.width": [32, 40, 48]}
+    path = write_study(tmp_path / "ui.yaml", spec)
+    assert main(["run", str(path), "--tracking-uri", server.uri]) == 0
+    assert main(["analyze", "ui", "--tracking-uri", server.uri, "--out", str(tmp_path / "analysis"),
+                 "--bootstrap", "10", "--keep-unhealthy"]) == 0  # 6-step trials are collapsed, rightly
+    api = f"{server.uri}/api/2.0/mlflow"
+    exp = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": "ui"}, timeout=10).json()
+    exp = exp["experiment"]
+    assert {t["key"]: t["value"] for t in exp["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+    runs = requests.post(f"{api}/runs/search", json={"experiment_ids": [exp["experiment_id"]], "max_results": 50},
+                         timeout=10).json()["runs"]
+    tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs}
+    (parent,) = [rid for rid, t in tags.items() if t.get("gat_study.role") == "study"]
+    trials = [r for r in runs if tags[r["info"]["run_id"]].get("gat_study.role") == "trial"]
+    assert sorted(r["info"]["run_name"] for r in trials) == ["width=32", "width=40", "width=48"]
+    for r in trials:
+        assert tags[r["info"]["run_id"]]["mlflow.parentRunId"] == parent
+        params = {p["key"]: p["value"] for p in r["data"]["params"]}
+        assert params["model.width"] in ("32", "40", "48") and params["swept"] == '["model.width"]'
+        assert {"fd_classifier", "diversity_pixels", "loss_d"} <= {m["key"] for m in r["data"]["metrics"]}
+        files = requests.get(f"{api}/artifacts/list", params={"run_id": r["info"]["run_id"]}, timeout=10).json()
+        assert {"samples", "model"} <= {f["path"] for f in files["files"]}
+    files = requests.get(f"{api}/artifacts/list", params={"run_id": parent, "path": "study"}, timeout=10).json()
+    assert "study/study.yaml" in {f["path"] for f in files["files"]}
+    files = requests.get(f"{api}/artifacts/list", params={"run_id": parent, "path": "analysis"}, timeout=10).json()
+    assert "analysis/report.md" in {f["path"] for f in files["files"]}
