@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     from orchestrator.eval_cmd import add_parsers as add_eval_parsers
 
     add_eval_parsers(sub)
+    from orchestrator.ui_cmd import add_parser as add_ui_parser
+
+    add_ui_parser(sub)
 
     p = sub.add_parser("status", help="where a study stands, from MLflow")
     _add_study_args(p)

@@ -91,7 +91,7 @@ def test_server_stopped_mid_run_loses_no_metric(server, monkeypatch):
     assert MlflowClient(server.uri).get_run(run_id).data.tags["status"] == "completed"
 
 
-def test_what_the_mlflow_ui_reads_through_the_rest_api(server, tmp_path, ray_session):
+def test_what_the_mlflow_ui_reads_through_the_rest_api(server, tmp_path, ray_session, capsys):
     """A finished study as the MLflow UI sees it, asked through MLflow's REST API: a training experiment (not
     GenAI traces), the study as the parent run, its trials nested under readable names with the swept key
     as a param, the quality and diversity metrics, and the report and sample grids among the artifacts."""
@@ -122,3 +122,9 @@ def test_what_the_mlflow_ui_reads_through_the_rest_api(server, tmp_path, ray_ses
     assert "study/study.yaml" in {f["path"] for f in files["files"]}
     files = requests.get(f"{api}/artifacts/list", params={"run_id": parent, "path": "analysis"}, timeout=10).json()
     assert "analysis/report.md" in {f["path"] for f in files["files"]}
+    # `gat-study ui` points at the runs table in the UI's training mode (MLflow 3 opens on GenAI traces)
+    capsys.readouterr()
+    assert main(["ui", str(path), "--tracking-uri", server.uri]) == 0
+    url = capsys.readouterr().out.strip()
+    assert url == f"{server.uri}/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning"
+    assert requests.get(url.split("#")[0], timeout=10).ok

@@ -1,0 +1,58 @@
+"""`gat-study ui STUDY`: the MLflow UI on a study's store, opened where a training study belongs.
+
+MLflow 3's UI starts in its GenAI mode (traces) whatever an experiment holds; its runs table needs the
+"Model training" mode, which the URL can ask for.  This command serves the study's store with
+`mlflow server` on 127.0.0.1 (or, for a study that logs to a tracking server, uses that server) and
+prints the address of the study's runs table in that mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT_PORT = 5000
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The runs table of an experiment in the UI's model-training mode."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from orchestrator.study import load_study
+    from orchestrator.tracking import StudyTracker
+
+    study = load_study(args.study, args.overrides)
+    uri = args.tracking_uri or study.config.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise ValueError(f"study {study.config.name} has no MLflow store at {uri} yet; run it first")
+    tracker = StudyTracker(uri, study.config.experiment, read_only=True)
+    if tracker.experiment_id is None:
+        raise ValueError(f"study {study.config.name}: no experiment {study.config.experiment!r} in {uri}; run it first")
+    if uri.startswith(("http://", "https://")):  # already served
+        print(runs_url(uri, tracker.experiment_id))
+        return 0
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI for study {study.config.name}: {runs_url(base, tracker.experiment_id)}", flush=True)
+    if args.print_url:
+        return 0
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--workers", "1"]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("ui", help="serve the MLflow UI of a study's store and print its runs table's address")
+    p.add_argument("study", type=Path, help="study YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--print-url", action="store_true", help="print the address only; start nothing")
+    p.set_defaults(func=cmd_ui)
