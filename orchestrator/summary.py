@@ -51,6 +51,12 @@ def format_outcomes(study: Study, outcomes: list, uri: str) -> str:
     return "\n".join(lines)
 
 
+def _not_started(study: Study, uri: str, why: str, as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"study": study.config.name, "status": "not started", "tracking_uri": uri, "trials": []})
+    return f"study {study.config.name}: not started ({why})"
+
+
 def study_status(path: Path, overrides: list[str], tracking_uri: str | None, as_json: bool = False) -> str:
     """Where a study stands, from MLflow (text, or JSON with one record per trial); creates nothing."""
     from orchestrator.runner import collect_outcomes
@@ -59,13 +65,11 @@ def study_status(path: Path, overrides: list[str], tracking_uri: str | None, as_
     study = load_study(path, overrides)
     uri = tracking_uri or study.config.tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():  # read-only: create no store
-        return (json.dumps({"study": study.config.name, "status": "not started", "tracking_uri": uri, "trials": []})
-                if as_json else f"study {study.config.name}: not started (no MLflow store at {uri})")
+        return _not_started(study, uri, f"no MLflow store at {uri}", as_json)
     tracker = StudyTracker(uri, study.config.experiment, read_only=True)
     parent = tracker.parent_run(study.config.name)
     if parent is None:
-        return (json.dumps({"study": study.config.name, "status": "not started", "tracking_uri": uri, "trials": []})
-                if as_json else f"study {study.config.name}: not started (no runs in {uri})")
+        return _not_started(study, uri, f"no runs in {uri}", as_json)
     parent_status = tracker.client.get_run(parent).data.tags.get("status", "unknown")
     counts: dict[str, int] = {}
     outcomes = collect_outcomes(study, tracker)
