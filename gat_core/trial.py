@@ -146,11 +146,15 @@ class TrialBase(ABC):
 
         The classifier is trained once per dataset and cached; reference statistics are cached per (dataset
         content, extractor weights); missing Inception/DINOv2 weights raise WeightsNotFound naming the file.
+        Whatever of that happens here leaves the trial's random streams untouched: the trial that finds the
+        cache cold (and trains the classifier) draws the same noise as the ones that find it warm.
         """
         e = self.cfg.eval
         if e.truncation and not hasattr(self, "G_ema"):
             raise ValueError("eval.truncation: truncation applies to GAN generators (G_ema); this trial has none")
-        self.evaluator, accuracy = build_evaluator(e, self.dataset, self.cache_dir, device=self.device)
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            self.evaluator, accuracy = build_evaluator(e, self.dataset, self.cache_dir, device=self.device)
         return accuracy
 
     @abstractmethod

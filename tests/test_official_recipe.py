@@ -244,3 +244,14 @@ def test_a_trial_logs_diversity_at_every_evaluation_and_records_its_health(tmp_p
     strict = _cfg().model_copy(update={"eval": _cfg().eval.model_copy(update={"health_min_diversity": 100.0})})
     result = train(strict, tmp_path / "strict")
     assert result.status == "completed" and result.health == "collapsed" and "mode collapse" in result.health_reason
+
+
+def test_a_cold_metric_cache_does_not_change_the_training_noise(tmp_path: Path) -> None:
+    """The trial that trains the feature classifier (cold cache) and one that loads it (warm cache) train
+    identically: seeded results must not depend on which trial of a study came first."""
+    cold = train(_cfg(), tmp_path / "cold", cache_dir=tmp_path / "cache")
+    warm = train(_cfg(), tmp_path / "warm", cache_dir=tmp_path / "cache")
+    def scores(result):  # everything but the wall time
+        return {k: v for k, v in result.metrics.items() if k != "trial_seconds"}
+
+    assert scores(cold) == scores(warm) and "fd_classifier" in scores(cold)
