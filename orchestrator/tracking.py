@@ -20,7 +20,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from orchestrator.study import Study, Trial
+from gat_core.metrics.names import parse_metric
+from orchestrator.study import TRIAL_SECTIONS, Study, Trial
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ ROLE_TAG = "gat_study.role"
 PARENT_TAG = "mlflow.parentRunId"
 # The MLflow UI opens an experiment on the view its kind asks for: training runs, not GenAI traces
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the UI's saved views of an experiment's runs page
 HEALTH_TAG = "health"  # ok | collapsed | diverged: the verdict of gat_core.health on a finished trial
 HEALTH_REASON_TAG = "health_reason"
 FINAL_STATUSES = ("completed", "diverged")
@@ -62,6 +64,40 @@ def package_versions() -> dict[str, str]:
 
 def _params(values: dict[str, Any]) -> list[Param]:
     return [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in values.items()]
+
+
+def study_view_id(study_name: str) -> str:
+    """Id of the study's saved view of the MLflow UI (fixed, so a rerun updates it instead of adding copies)."""
+    return f"gat-study-{study_name}"
+
+
+def study_view(study: Study) -> dict[str, Any]:
+    """A saved view of the UI's runs page, as its "Views" menu stores them: the study's trials (filtered by
+    their tags: the UI shares no expanded state, and would otherwise fold them under the study's parent
+    run), with the swept keys, the quality and diversity metrics and the health as columns; the UI charts
+    the metrics of the runs it shows."""
+    swept = sorted({key for trial in study.trials for key in flatten_swept(trial.swept)})
+    e = study.config.eval
+    columns = ([f"params.`{key}`" for key in swept]
+               + [f"metrics.`{m}`" for m in (e.metric, e.diversity_metric) if m]
+               + [f"tags.`{HEALTH_TAG}`", "tags.`status`"])
+    state = {"selectedColumns": columns, "runsHiddenMode": "SHOW_ALL", "orderByKey": f"metrics.`{e.metric}`",
+             "orderByAsc": not parse_metric(e.metric).higher_is_better,
+             "searchFilter": f"tags.`{ROLE_TAG}` = 'trial' and tags.`{STUDY_TAG}` = '{study.config.name}'"}
+    return {"name": f"gat-study: {study.config.name} trials", "createdAt": int(time.time() * 1000),
+            "state": json.dumps(state)}
+
+
+def flatten_swept(swept: dict[str, Any]) -> list[str]:
+    """The dotted trial keys a grid point sets (linked sets and mappings of keys expanded)."""
+    keys = []
+    for key, value in swept.items():
+        if isinstance(value, dict):
+            prefix = "" if "." in next(iter(value), "") or key.split(".")[0] not in TRIAL_SECTIONS else f"{key}."
+            keys += [f"{prefix}{k}" for k in value]
+        else:
+            keys.append(key)
+    return keys
 
 
 class TrackingUnavailable(ConnectionError):
@@ -131,6 +167,8 @@ class StudyTracker:
             if code["diff"]:
                 (folder / "code.diff").write_text(code["diff"])
             self.client.log_artifacts(run_id, str(folder), artifact_path="study")
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG_PREFIX + study_view_id(study.config.name),
+                                       json.dumps(study_view(study)))
         return run_id
 
     def trial_runs(self, study_name: str) -> dict[str, Any]:

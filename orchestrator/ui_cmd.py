@@ -16,9 +16,12 @@ from pathlib import Path
 DEFAULT_PORT = 5000
 
 
-def runs_url(base: str, experiment_id: str) -> str:
-    """The runs table of an experiment in the UI's model-training mode."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+def runs_url(base: str, experiment_id: str, study_name: str) -> str:
+    """The runs table of an experiment in the UI's model-training mode, opened on the study's saved view."""
+    from orchestrator.tracking import study_view_id
+
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={study_view_id(study_name)}")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -33,10 +36,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if tracker.experiment_id is None:
         raise ValueError(f"study {study.config.name}: no experiment {study.config.experiment!r} in {uri}; run it first")
     if uri.startswith(("http://", "https://")):  # already served
-        print(runs_url(uri, tracker.experiment_id))
+        print(runs_url(uri, tracker.experiment_id, study.config.name))
         return 0
     base = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI for study {study.config.name}: {runs_url(base, tracker.experiment_id)}", flush=True)
+    print(f"MLflow UI for study {study.config.name}: {runs_url(base, tracker.experiment_id, study.config.name)}", flush=True)
     if args.print_url:
         return 0
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,

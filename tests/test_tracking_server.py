@@ -3,6 +3,7 @@ and a server that stops mid-run loses no metric (TrialLogger buffers and retries
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -104,7 +105,12 @@ def test_what_the_mlflow_ui_reads_through_the_rest_api(server, tmp_path, ray_ses
     api = f"{server.uri}/api/2.0/mlflow"
     exp = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": "ui"}, timeout=10).json()
     exp = exp["experiment"]
-    assert {t["key"]: t["value"] for t in exp["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+    exp_tags = {t["key"]: t["value"] for t in exp["tags"]}
+    assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(exp_tags["mlflow.sharedViewState.gat-study-ui"])  # the study's saved view ("Views" menu)
+    state = json.loads(view["state"])
+    assert state["selectedColumns"][:3] == ["params.`model.width`", "metrics.`fd_classifier`", "metrics.`diversity_pixels`"]
+    assert "tags.`gat_study.role` = 'trial'" in state["searchFilter"]  # trials shown, not folded under the parent
     runs = requests.post(f"{api}/runs/search", json={"experiment_ids": [exp["experiment_id"]], "max_results": 50},
                          timeout=10).json()["runs"]
     tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs}
@@ -126,5 +132,6 @@ def test_what_the_mlflow_ui_reads_through_the_rest_api(server, tmp_path, ray_ses
     capsys.readouterr()
     assert main(["ui", str(path), "--tracking-uri", server.uri]) == 0
     url = capsys.readouterr().out.strip()
-    assert url == f"{server.uri}/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning"
+    assert url == (f"{server.uri}/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning"
+                   "&viewStateShareKey=gat-study-ui")
     assert requests.get(url.split("#")[0], timeout=10).ok
