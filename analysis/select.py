@@ -119,7 +119,8 @@ def select_trials(data: StudyData, metric: str, include_failed: bool = False,
     """Completed, healthy trials with a finite metric (diverged/failed ones too if `include_failed`, collapsed
     ones too if `keep_unhealthy`).
 
-    Raises AnalysisError when fewer than two trials remain, naming why the others went.
+    Raises AnalysisError when no trial remains, or one without any unhealthy trial beside it (a study
+    whose other trials collapsed still gets its report, which names them), naming why the others went.
     """
     trials = data.trials
     column = metric if metric in trials else f"metric:{metric}"
@@ -151,11 +152,11 @@ def select_trials(data: StudyData, metric: str, include_failed: bool = False,
         raise AnalysisError(f"no trial of {', '.join(data.studies)} can be used for {metric}{hint}: "
                             + "; ".join(f"{r.run_name}: {r.reason}" for r in excluded.itertuples())
                             + _keep_hint(unhealthy))
-    if len(usable) == 1:
+    if len(usable) == 1 and unhealthy.empty:
         raise AnalysisError(f"{', '.join(data.studies)} has a single usable trial ({usable['run_name'].iloc[0]}); "
                             f"a scaling fit needs at least 3 trials at different compute, an ablation at least 2"
-                            + (f" ({len(excluded)} other trials excluded)" if len(excluded) else "")
-                            + _keep_hint(unhealthy))
+                            + (f" ({len(excluded)} other trials excluded)" if len(excluded) else ""))
+    # one healthy trial beside unhealthy ones is a result (the others collapsed): the report says so
     return Selection(metric=metric, lower_is_better=lower_is_better(metric), usable=usable.reset_index(drop=True),
                      excluded=excluded, unhealthy=unhealthy, keep_unhealthy=keep_unhealthy)
 

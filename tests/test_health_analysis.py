@@ -254,3 +254,17 @@ def test_compare_leaves_a_collapsed_trial_out_unless_kept(store: str) -> None:
     assert comp.fit("gat").n == 5
     kept = compare_families(data, n_boot=20, keep_unhealthy=True)
     assert kept.counts() == {"gat": 6, "dit": 6} and kept.excluded.empty and "kept in the fits" in kept.health_note
+
+
+def test_one_healthy_trial_beside_collapsed_ones_still_gets_its_report(tmp_path: Path) -> None:
+    """What the quickstart can end with: the others collapsed. That is a result to report, not an error."""
+    from orchestrator.analyze_cmd import run_analysis
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ok = synthetic_trial(32, 4, 2, 30.0, diversity=0.4, health="ok")
+    sick = [synthetic_trial(w, 4, 2, 10.0, diversity=0.1, health="collapsed", health_reason=COLLAPSE_REASON)
+            for w in (64, 128)]
+    log_study(uri, "mostly-collapsed", [ok, *sick])
+    report = run_analysis("mostly-collapsed", uri, tmp_path / "out", n_boot=10, log_artifacts=False)
+    text = report.path.read_text()
+    assert len(report.selection.usable) == 1 and COLLAPSE_REASON in text and "no scaling fit was possible" in text
