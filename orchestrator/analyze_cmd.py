@@ -16,20 +16,23 @@ from analysis.errors import AnalysisError
 __all__ = ["AnalysisError", "add_analyze_parser", "analyze", "cmd_analyze", "resolve_target"]
 
 
-def resolve_target(study_or_yaml: str, tracking_uri: str | None = None,
-                   out_dir: Path | None = None) -> tuple[str, str, Path, set[str] | None]:
+def resolve_target(study_or_yaml: str, tracking_uri: str | None = None, out_dir: Path | None = None,
+                   overrides: list[str] | None = None) -> tuple[str, str, Path, set[str] | None]:
     """(study name, tracking URI, output folder, trial ids or None) for a study name or a study YAML file.
 
     A YAML file gives its name, its tracking URI, `<output_dir>/analysis` and the ids of its trials
-    as the file now stands (runs of trials an edit removed are left out); a bare name uses
+    as the file now stands, with `overrides` (`--set`) applied as `run` applies them (runs of trials an edit
+    removed are left out); a bare name uses
     `--tracking-uri`, else $MLFLOW_TRACKING_URI, else the default store `runs/<name>/mlflow.db`,
     writes to `runs/<name>/analysis` and takes every trial run of the study.
     """
     path = Path(study_or_yaml)
+    if overrides and not (path.suffix in (".yaml", ".yml") and path.exists()):
+        raise ValueError("--set: overrides apply to a study file, not to a study name")
     if path.suffix in (".yaml", ".yml") and path.exists():
         from orchestrator.study import load_study
 
-        study = load_study(path)
+        study = load_study(path, overrides)
         config = study.config
         return (config.name, tracking_uri or config.tracking_uri, out_dir or config.out / "analysis",
                 {t.trial_id for t in study.trials})
@@ -88,11 +91,13 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--json", action="store_true", help="print the summary JSON the command writes (fits.json, "
                                                        "compare.json) instead of the text summary")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the study file, as given to `run` (e.g. --set train.seed=1)")
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the analysis; print where the report is and the headline fits, or the error message."""
-    name, uri, out, trial_ids = resolve_target(args.study, args.tracking_uri, args.out)
+    name, uri, out, trial_ids = resolve_target(args.study, args.tracking_uri, args.out, args.overrides)
     try:
         report = run_analysis(name, uri, out, args.metric, args.include_failed, keep_unhealthy=args.keep_unhealthy,
                               n_boot=args.bootstrap, seed=args.seed, trial_ids=trial_ids)

@@ -280,7 +280,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run the comparison; print the headline numbers and where the files are, or the error message."""
-    name, uri, out, trial_ids = resolve_target(args.study, args.tracking_uri, args.out)
+    name, uri, out, trial_ids = resolve_target(args.study, args.tracking_uri, args.out, args.overrides)
     if args.out is None:
         out = out.parent / "compare"  # next to the analysis folder
     try:

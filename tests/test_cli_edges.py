@@ -117,3 +117,16 @@ def test_status_json_before_a_study_ran(tmp_path, capsys):
     assert main(["status", str(_study(tmp_path)), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) | {"tracking_uri": ""} == {
         "study": "edges", "status": "not started", "tracking_uri": "", "trials": []}
+
+
+def test_analyze_and_compare_take_the_overrides_run_took(tmp_path, capsys, monkeypatch):
+    from orchestrator.analyze_cmd import resolve_target
+
+    path = _study(tmp_path, grid={"model.width": [32, 48]})
+    _, _, _, plain = resolve_target(str(path))
+    _, _, _, seeded = resolve_target(str(path), overrides=["train.seed=1"])
+    assert len(plain) == len(seeded) == 2 and not plain & seeded  # the seed-1 trials, as `run --set` made them
+    monkeypatch.chdir(tmp_path)
+    for command in ("analyze", "compare"):
+        assert main([command, "edges", "--set", "train.seed=1"]) == 2
+        assert "--set: overrides apply to a study file" in capsys.readouterr().err
