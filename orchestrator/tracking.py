@@ -90,13 +90,14 @@ def study_view(study: Study) -> dict[str, Any]:
 
 def flatten_swept(swept: dict[str, Any]) -> list[str]:
     """The dotted trial keys a grid point sets (linked sets and mappings of keys expanded)."""
-    keys = []
+    keys: list[str] = []
     for key, value in swept.items():
-        if isinstance(value, dict):
-            prefix = "" if "." in next(iter(value), "") or key.split(".")[0] not in TRIAL_SECTIONS else f"{key}."
-            keys += [f"{prefix}{k}" for k in value]
-        else:
+        if not isinstance(value, dict):
             keys.append(key)
+        elif key.split(".")[0] in TRIAL_SECTIONS:  # `model: [{width: 96, heads: 4}, ...]`
+            keys += [f"{key}.{k}" for k in value]
+        else:  # a named linked set: its entries are dotted keys already
+            keys += list(value)
     return keys
 
 
