@@ -71,11 +71,18 @@ def study_view_id(study_name: str) -> str:
     return f"gat-study-{study_name}"
 
 
+# The training losses each model family logs (gat_core.objectives), charted after quality and diversity
+LOSS_METRICS = {"gat": ("loss_g", "loss_d"), "dit": ("loss_diffusion",)}
+# Per-image GFLOPs of the generator (GAT) or denoiser (DiT) forward: the x of the study's scaling plots
+GFLOPS_PARAM = "gflops_g"
+TRAIN_FLOPS_METRIC = "train_flops"  # training compute so far (MACs), logged by every trial
+
+
 def study_view(study: Study) -> dict[str, Any]:
     """A saved view of the UI's runs page, as its "Views" menu stores them: the study's trials (filtered by
     their tags: the UI shares no expanded state, and would otherwise fold them under the study's parent
-    run), with the swept keys, the quality and diversity metrics and the health as columns; the UI charts
-    the metrics of the runs it shows."""
+    run), with the swept keys, the quality and diversity metrics and the health as columns, and
+    `study_charts` in the chart view."""
     swept = sorted({key for trial in study.trials for key in flatten_swept(trial.swept)})
     e = study.config.eval
     columns = ([f"params.`{key}`" for key in swept]
@@ -83,9 +90,44 @@ def study_view(study: Study) -> dict[str, Any]:
                + [f"tags.`{HEALTH_TAG}`", "tags.`status`"])
     state = {"selectedColumns": columns, "runsHiddenMode": "SHOW_ALL", "orderByKey": f"metrics.`{e.metric}`",
              "orderByAsc": not parse_metric(e.metric).higher_is_better,
-             "searchFilter": f"tags.`{ROLE_TAG}` = 'trial' and tags.`{STUDY_TAG}` = '{study.config.name}'"}
+             "searchFilter": f"tags.`{ROLE_TAG}` = 'trial' and tags.`{STUDY_TAG}` = '{study.config.name}'",
+             **study_charts(study)}
     return {"name": f"gat-study: {study.config.name} trials", "createdAt": int(time.time() * 1000),
             "state": json.dumps(state)}
+
+
+def study_charts(study: Study) -> dict[str, Any]:
+    """The chart view's part of a saved view (`compareRunCharts`, `compareRunSections` of MLflow's
+    ExperimentPageUIState): a first section with the quality and diversity metrics vs step, then the
+    training losses of the study's model families, then quality vs GFLOPs per image and vs training
+    compute, one point per trial.  Without it the UI charts every metric alphabetically.  The UI adds a
+    chart for each other metric to the section it names by the metric ("Model metrics", below the
+    study's); `isAccordionReordered` keeps the sections in this order, `isReordered` puts charts a user
+    adds to the study's section last.  Line charts follow the page's x axis (`globalLineChartConfig`: step)."""
+    e = study.config.eval
+    families = dict.fromkeys(t.config.model.family for t in study.trials)
+    curves = list(dict.fromkeys([e.metric, *([e.diversity_metric] if e.diversity_metric else []),
+                                 *(m for f in families for m in LOSS_METRICS.get(f, ()))]))
+    section = f"gat-study-{study.config.name}"
+    runs = max(10, len(study.trials))  # the UI charts only the first `runsCountToCompare` runs shown
+    base = {"metricSectionId": section, "deleted": False, "isGenerated": False}
+    charts: list[dict[str, Any]] = [
+        {**base, "uuid": f"{section}-line-{m}", "type": "LINE", "runsCountToCompare": runs, "metricKey": m,
+         "selectedMetricKeys": [m], "xAxisKey": "step", "selectedXAxisMetricKey": "", "xAxisScaleType": "linear",
+         "scaleType": "linear", "lineSmoothness": 0, "useGlobalXaxisKey": True, "useGlobalLineSmoothing": True,
+         "yAxisKey": "metric", "yAxisExpressions": [], "ignoreOutliers": False}
+        for m in curves]
+    for x_key, x_type in ((GFLOPS_PARAM, "PARAM"), (TRAIN_FLOPS_METRIC, "METRIC")):  # titled "x vs y" by the UI
+        charts.append({**base, "uuid": f"{section}-scatter-{x_key}", "type": "SCATTER",
+                       "runsCountToCompare": max(100, len(study.trials)),
+                       "xaxis": {"key": x_key, "type": x_type}, "yaxis": {"key": e.metric, "type": "METRIC"}})
+    sections = [{"uuid": section, "name": f"gat-study: {study.config.name}", "display": True, "isReordered": True,
+                 "deleted": False, "isGenerated": False}]
+    sections += [{"uuid": f"{section}-{key}", "name": name, "display": True, "isReordered": False, "deleted": False,
+                  "isGenerated": True} for key, name in (("model", "Model metrics"), ("system", "System metrics"))]
+    return {"compareRunCharts": charts, "compareRunSections": sections, "isAccordionReordered": True,
+            "hideEmptyCharts": True,
+            "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""}}
 
 
 def flatten_swept(swept: dict[str, Any]) -> list[str]:

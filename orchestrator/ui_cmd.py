@@ -3,7 +3,7 @@
 MLflow 3's UI starts in its GenAI mode (traces) whatever an experiment holds; its runs table needs the
 "Model training" mode, which the URL can ask for.  This command serves the study's store with
 `mlflow server` on 127.0.0.1 (or, for a study that logs to a tracking server, uses that server) and
-prints the address of the study's runs table in that mode.
+prints the addresses of the study's runs table and of its charts in that mode.
 """
 
 from __future__ import annotations
@@ -16,12 +16,18 @@ from pathlib import Path
 DEFAULT_PORT = 5000
 
 
-def runs_url(base: str, experiment_id: str, study_name: str) -> str:
-    """The runs table of an experiment in the UI's model-training mode, opened on the study's saved view."""
+def runs_url(base: str, experiment_id: str, study_name: str, charts: bool = False) -> str:
+    """The runs table (or, with `charts`, the chart view) of an experiment in the UI's model-training mode,
+    opened on the study's saved view: the workflow mode and the table/chart mode are URL parameters only."""
     from orchestrator.tracking import study_view_id
 
     return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-            f"&viewStateShareKey={study_view_id(study_name)}")
+            f"&viewStateShareKey={study_view_id(study_name)}" + ("&compareRunsMode=CHART" if charts else ""))
+
+
+def print_urls(base: str, experiment_id: str, study_name: str, prefix: str = "") -> None:
+    print(f"{prefix}{runs_url(base, experiment_id, study_name)}")
+    print(f"charts: {runs_url(base, experiment_id, study_name, charts=True)}", flush=True)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -36,10 +42,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if tracker.experiment_id is None:
         raise ValueError(f"study {study.config.name}: no experiment {study.config.experiment!r} in {uri}; run it first")
     if uri.startswith(("http://", "https://")):  # already served
-        print(runs_url(uri, tracker.experiment_id, study.config.name))
+        print_urls(uri, tracker.experiment_id, study.config.name)
         return 0
     base = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI for study {study.config.name}: {runs_url(base, tracker.experiment_id, study.config.name)}", flush=True)
+    print_urls(base, tracker.experiment_id, study.config.name, prefix=f"MLflow UI for study {study.config.name}: ")
     if args.print_url:
         return 0
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
@@ -51,7 +57,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("ui", help="serve the MLflow UI of a study's store and print its runs table's address")
+    p = sub.add_parser("ui", help="serve the MLflow UI of a study's store and print the addresses of its runs table and charts")
     p.add_argument("study", type=Path, help="study YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")

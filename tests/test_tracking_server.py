@@ -111,6 +111,20 @@ def test_what_the_mlflow_ui_reads_through_the_rest_api(server, tmp_path, ray_ses
     state = json.loads(view["state"])
     assert state["selectedColumns"][:3] == ["params.`model.width`", "metrics.`fd_classifier`", "metrics.`diversity_pixels`"]
     assert "tags.`gat_study.role` = 'trial'" in state["searchFilter"]  # trials shown, not folded under the parent
+    # the chart view: the study's section first, quality and diversity vs step, then the GAN losses, then
+    # quality vs GFLOPs per image and vs training compute (the UI's default: every metric alphabetically)
+    study_section, *others = state["compareRunSections"]
+    assert study_section["name"] == "gat-study: ui"
+    assert [s["name"] for s in others] == ["Model metrics", "System metrics"]
+    assert state["isAccordionReordered"] is True and state["globalLineChartConfig"]["xAxisKey"] == "step"
+    cards = state["compareRunCharts"]
+    assert {c["metricSectionId"] for c in cards} == {study_section["uuid"]}
+    assert [(c["type"], c.get("metricKey")) for c in cards[:4]] == [
+        ("LINE", "fd_classifier"), ("LINE", "diversity_pixels"), ("LINE", "loss_g"), ("LINE", "loss_d")]
+    assert all(c["useGlobalXaxisKey"] and c["selectedMetricKeys"] == [c["metricKey"]] for c in cards[:4])
+    assert [(c["type"], c["xaxis"], c["yaxis"]) for c in cards[4:]] == [
+        ("SCATTER", {"key": "gflops_g", "type": "PARAM"}, {"key": "fd_classifier", "type": "METRIC"}),
+        ("SCATTER", {"key": "train_flops", "type": "METRIC"}, {"key": "fd_classifier", "type": "METRIC"})]
     runs = requests.post(f"{api}/runs/search", json={"experiment_ids": [exp["experiment_id"]], "max_results": 50},
                          timeout=10).json()["runs"]
     tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs}
@@ -121,17 +135,21 @@ def test_what_the_mlflow_ui_reads_through_the_rest_api(server, tmp_path, ray_ses
         assert tags[r["info"]["run_id"]]["mlflow.parentRunId"] == parent
         params = {p["key"]: p["value"] for p in r["data"]["params"]}
         assert params["model.width"] in ("32", "40", "48") and params["swept"] == '["model.width"]'
-        assert {"fd_classifier", "diversity_pixels", "loss_d"} <= {m["key"] for m in r["data"]["metrics"]}
+        logged = {m["key"] for m in r["data"]["metrics"]}
+        assert {"fd_classifier", "diversity_pixels", "loss_g", "loss_d", "train_flops"} <= logged
+        assert float(params["gflops_g"]) > 0  # the scatter's x: every chart card names what each trial logs
         files = requests.get(f"{api}/artifacts/list", params={"run_id": r["info"]["run_id"]}, timeout=10).json()
         assert {"samples", "model"} <= {f["path"] for f in files["files"]}
     files = requests.get(f"{api}/artifacts/list", params={"run_id": parent, "path": "study"}, timeout=10).json()
     assert "study/study.yaml" in {f["path"] for f in files["files"]}
     files = requests.get(f"{api}/artifacts/list", params={"run_id": parent, "path": "analysis"}, timeout=10).json()
     assert "analysis/report.md" in {f["path"] for f in files["files"]}
-    # `gat-study ui` points at the runs table in the UI's training mode (MLflow 3 opens on GenAI traces)
+    # `gat-study ui` points at the runs table and the chart view in the UI's training mode (MLflow 3 opens on
+    # GenAI traces)
     capsys.readouterr()
     assert main(["ui", str(path), "--tracking-uri", server.uri]) == 0
-    url = capsys.readouterr().out.strip()
-    assert url == (f"{server.uri}/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning"
-                   "&viewStateShareKey=gat-study-ui")
+    table, charts = capsys.readouterr().out.strip().splitlines()
+    url = (f"{server.uri}/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning"
+           "&viewStateShareKey=gat-study-ui")
+    assert table == url and charts == f"charts: {url}&compareRunsMode=CHART"
     assert requests.get(url.split("#")[0], timeout=10).ok
