@@ -24,17 +24,49 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from orchestrator.plan import format_plan, plan_rows
+    from orchestrator.plan import UNITS, Costing, format_plan, plan_rows, plan_warnings, study_cost
+    from orchestrator.trial_state import read_states
 
     study = load_study(args.study, args.overrides)
-    rows = plan_rows(study)
+    costing = None
+    if args.accelerator:
+        from orchestrator.accelerators import lookup
+
+        costing = Costing(lookup(args.accelerator), mfu=args.mfu, dtype=args.dtype, gpus=args.gpus)
+    elif args.mfu is not None or args.dtype or args.gpus:
+        raise ValueError("--mfu, --dtype and --gpus cost the study on a GPU: give --accelerator NAME too")
+    steps = {t.trial_id: row["steps"] for t, row in zip(study.trials, plan_rows(study))}
+    store = read_states(study, steps, args.tracking_uri or study.config.tracking_uri)
+    rows = plan_rows(study, store.states, costing)
+    cluster = study_cost(study, rows, costing) if costing else None
+    warnings = plan_warnings(study, rows)
     if args.json:
         total = sum(r["train_flops"] for r in rows)
-        print(json.dumps({"study": study.config.name, "trials": rows, "total_train_flops": total,
-                          "flops_convention": "MAC"}, indent=2, default=str))
+        remaining = sum(r["remaining_train_macs"] for r in rows)
+        acc = costing.accelerator if costing else None
+        print(json.dumps({
+            "study": study.config.name, "trials": rows, "total_train_flops": total,
+            "total_remaining_train_macs": remaining, "flops_convention": "MAC",
+            "store": {"tracking_uri": store.uri, "found": store.found, "note": store.note},
+            "accelerator": None if acc is None else {
+                "name": acc.name, "memory_gb": acc.memory_gb, "bf16_tflops": acc.bf16_tflops,
+                "tf32_tflops": acc.tf32_tflops, "fp32_tflops": acc.fp32_tflops, "source": acc.source,
+                "wall_time_convention": "2 FLOPs per MAC; peaks are dense true FLOP/s"},
+            "study_cost": cluster, "warnings": warnings, "units": UNITS}, indent=2, default=str))
     else:
-        print(format_plan(study, rows))
+        print(format_plan(study, rows, store, costing, cluster, warnings))
     return 0
+
+
+def mfu_value(text: str) -> float:
+    """argparse type of --mfu: a fraction in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: MFU is a fraction of the peak, in (0, 1]")
+    return value
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -126,9 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of study files")
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("plan", help="dry run: trials, parameters, GFLOPs and training compute (no Ray)")
+    from orchestrator.accelerators import ACCELERATORS, DTYPES, MFU_SOURCE
+
+    p = sub.add_parser("plan", help="dry run: trials, their state in MLflow, compute to spend, and with --accelerator "
+                                    "wall time, GPU-hours and memory (no Ray, no training)")
     _add_study_args(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (the same numbers, units named)")
+    p.add_argument("--tracking-uri", type=tracking_uri, help="MLflow store to read the trials' state from "
+                   "(default: the study's; read only, a missing store means every trial is new)")
+    p.add_argument("--accelerator", metavar="NAME", help=f"cost the study on this GPU: {', '.join(ACCELERATORS)} "
+                   "(A100 = A100-80GB, H100 = H100-SXM); dense datasheet peaks, orchestrator/accelerators.py")
+    p.add_argument("--mfu", type=mfu_value, help=f"model FLOPs utilisation to assume (default per dtype: {MFU_SOURCE})")
+    p.add_argument("--dtype", choices=DTYPES, help="precision to cost (default: each trial's train.precision; auto = "
+                   "bf16 on CUDA); fp32 = full FP32 (torch's default, TF32 off), tf32 = fp32 with TF32 matmuls enabled")
+    p.add_argument("--gpus", type=int, metavar="N", help="GPUs of the cluster for the study's wall time (default: "
+                   "enough for resources.max_concurrent trials at once)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("run", help="run (or resume) a study on Ray Tune, logging to MLflow")
