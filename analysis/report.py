@@ -19,9 +19,11 @@ import pandas as pd
 from analysis.ablation import AblationTable, ablation_table, baseline_value, detect_switches, fmt_num, fmt_value
 from analysis.fit import Fit, json_safe
 from analysis.frontier import compute_frontier, eval_points, frontier_segments
+from analysis.isoflop import BUDGET_KEY, IsoflopSection, is_isoflop, isoflop_section
 from analysis.load import StudyData, open_client, quiet_artifacts
 from analysis.plots import (axis_label, make_style, plot_ablation, plot_block_util,
                             plot_compute_curves, plot_scaling, plot_training_curves, sample_collage)
+from analysis.predict import Prediction, held_out_prediction, prediction_markdown, prediction_section
 from analysis.scaling import X_AXES, ScalingFits, scaling_fits
 from analysis.select import (Selection, diversity_metric, health_note, lower_is_better, primary_metric,
                              select_trials)
@@ -45,6 +47,8 @@ class Report:
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     logged_to: list[str] = field(default_factory=list)
+    isoflop: IsoflopSection | None = None  # the compute-optimal design, in an isoFLOP study
+    prediction: Prediction | None = None  # the held-out check (`analyze --holdout K`)
 
 
 def _slug(text: str) -> str:
@@ -149,7 +153,7 @@ def _sample_entries(data: StudyData, trials: pd.DataFrame, folder: Path, switche
 
 def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, include_failed: bool = False,
                  keep_unhealthy: bool = False, n_boot: int = 1000, seed: int = 0, holdout: float = 0.2,
-                 log_artifacts: bool = True) -> Report:
+                 log_artifacts: bool = True, predict_holdout: int | None = None) -> Report:
     """Fits, tables, plots and report.md for the studies in `data`, written to `out_dir`.
 
     Trials judged unhealthy (collapsed, diverged) are left out of everything unless `keep_unhealthy`,
@@ -167,7 +171,8 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     sel = select_trials(data, metric, include_failed=include_failed, keep_unhealthy=keep_unhealthy)
     usable = sel.usable
     diversity = diversity_metric(data, metric)
-    switches = detect_switches(usable)
+    isoflop = is_isoflop(data.trials)
+    switches = [s for s in detect_switches(usable) if not (isoflop and s == BUDGET_KEY)]  # the design's axis
     style = make_style(data.trials)
     notes: list[str] = list(data.notes) + [n for n in [health_note(sel)] if n]
     files: list[Path] = []
@@ -248,6 +253,20 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     if figures["samples"] is None:
         notes.append("no run has a samples/final.png artifact: the sample collage is skipped")
     files += [p for paths in figures.values() if paths for p in paths]
+    iso = isoflop_section(data.trials, usable, metric, switches, tables, plots, lower_is_better=sel.lower_is_better,
+                          n_boot=n_boot, seed=seed) if isoflop else None
+    prediction = held_out_prediction(data.trials, usable, metric, switches, holdout=predict_holdout,
+                                     lower_is_better=sel.lower_is_better, n_boot=n_boot,
+                                     seed=seed) if predict_holdout else None
+    sections = []
+    if iso is not None:
+        files += iso.files
+        notes += iso.notes()
+        sections.append(iso.markdown(out_dir, _md_table))
+    if prediction is not None:
+        more, prediction_figures = prediction_section(prediction, metric, tables, plots)
+        files += more
+        sections.append(prediction_markdown(prediction, prediction_figures, out_dir, _md_table))
 
     # --- fits.json and report.md ---
     summary = {
@@ -265,6 +284,8 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
                           **({"diversity_cells": json_safe(diversity_ablations[s].cells.to_dict(orient="records"))}
                              if s in diversity_ablations else {})}
                       for s, t in ablations.items()},
+        "isoflop": iso.to_dict() if iso is not None else None,
+        "prediction": prediction.to_dict() if prediction is not None else None,
         "notes": notes,
     }
     (out_dir / "fits.json").write_text(json.dumps(json_safe(summary), indent=2, default=str))
@@ -272,8 +293,8 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     report_path = out_dir / "report.md"
     report = Report(path=report_path, metric=metric, selection=sel, scaling=scaling, ablations=ablations,
                     frontier=frontier, diversity=diversity, diversity_ablations=diversity_ablations, files=files,
-                    notes=notes)
-    report_path.write_text(_markdown(data, report, segments, figures, switches, n_boot, seed, out_dir))
+                    notes=notes, isoflop=iso, prediction=prediction)
+    report_path.write_text(_markdown(data, report, segments, figures, switches, n_boot, seed, out_dir, sections))
     files.append(report_path)
     if log_artifacts:
         _log(data, out_dir, report)
@@ -316,7 +337,7 @@ def _no_law_lines(fits: list[Fit]) -> list[str]:
 
 
 def _markdown(data: StudyData, report: Report, segments: pd.DataFrame, figures: dict[str, list[Path] | None],
-              switches: list[str], n_boot: int, seed: int, out_dir: Path) -> str:
+              switches: list[str], n_boot: int, seed: int, out_dir: Path, sections: list[str] | None = None) -> str:
     metric, sel, scaling, notes, diversity = report.metric, report.selection, report.scaling, report.notes, \
         report.diversity
     direction = "lower" if sel.lower_is_better else "higher"
@@ -362,6 +383,7 @@ def _markdown(data: StudyData, report: Report, segments: pd.DataFrame, figures: 
     for x in X_AXES:
         md.append(_img(figures, f"scaling_{x}", out_dir, f"{metric} vs {axis_label(x)}"))
         md.append(_img(figures, f"scaling_{x}_by_patch", out_dir, f"{metric} vs {axis_label(x)}, per patch size"))
+    md += sections or []  # the compute-optimal design and the held-out prediction, when there are
     md += ["## Compute-efficient frontier\n",
            "Best value reached at each training compute over all evaluations of all trials, and the "
            "configuration that reaches it.\n",

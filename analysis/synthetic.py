@@ -43,7 +43,8 @@ class SyntheticTrial:
     @property
     def name(self) -> str:
         return ",".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in sorted(self.config.items())
-                        if k.startswith(("model.width", "model.depth", "model.patch", "train.mng", "train.seed")))
+                        if k.startswith(("model.width", "model.depth", "model.patch", "train.mng", "train.seed",
+                                                         "train.flops_budget")))
 
 
 def model_cost(width: int, depth: int, patch: int, resolution: int = 16) -> dict[str, float]:
@@ -161,6 +162,55 @@ def power_law_trials(n: int, *, a: float = 5.0, b: float = 0.4, E: float = 0.0, 
                 trials.append(synthetic_trial(int(width), depth, patch, value, seed=seed, diversity=diversity,
                                               health=health))
     return trials
+
+
+@dataclass(frozen=True)
+class IsoflopTruth:
+    """The law an `isoflop_trials` study follows: N_opt = k·C^a, metric_opt = m·C^-b (N = params_g)."""
+
+    a: float
+    b: float
+    k: float
+    m: float
+    curvature: float
+
+    def n_opt(self, budget: float | np.ndarray) -> float | np.ndarray:
+        return self.k * np.asarray(budget, float) ** self.a
+
+    def metric_opt(self, budget: float | np.ndarray) -> float | np.ndarray:
+        return self.m * np.asarray(budget, float) ** -self.b
+
+    def metric(self, size: float, budget: float) -> float:
+        """The noiseless final metric of a model of `size` parameters trained with `budget` MACs."""
+        return float(self.metric_opt(budget) * np.exp(self.curvature * np.log(size / self.n_opt(budget)) ** 2))
+
+
+def isoflop_trials(budgets: Sequence[float], widths: Sequence[int], *, a: float = 0.5, b: float = 0.3,
+                   m: float = 2e4, curvature: float = 0.25, noise: float = 0.03, seeds: Sequence[int] = (0,),
+                   rng_seed: int = 0, depth: int = 4, patch: int = 2, batch_size: int = 32,
+                   metric: str = "fd_classifier") -> tuple[list[SyntheticTrial], IsoflopTruth]:
+    """An isoFLOP study: budgets x widths x seeds, each trial's steps from its budget (`train.flops_budget`), final
+    metric = metric_opt(C)·exp(curvature·ln(N / N_opt(C))²)·lognormal(noise), N = params_g.
+
+    k is chosen so that the middle budget (geometric mean) is best served by the geometric middle of the sizes.
+    Returns the trials and the truth they follow."""
+    rng = np.random.default_rng(rng_seed)
+    sizes = {w: model_cost(int(w), depth, patch) for w in widths}
+    mid_n = float(np.exp(np.mean([np.log(c["params_g"]) for c in sizes.values()])))
+    mid_c = float(np.exp(np.mean(np.log(np.asarray(budgets, float)))))
+    truth = IsoflopTruth(a=a, b=b, k=mid_n / mid_c ** a, m=m, curvature=curvature)
+    trials = []
+    for budget in budgets:
+        for width, cost in sizes.items():
+            steps = max(1, int(budget // (cost["macs_per_sample_iter"] * batch_size)))
+            for seed in seeds:
+                value = truth.metric(cost["params_g"], budget) * float(np.exp(noise * rng.standard_normal()))
+                trial = synthetic_trial(int(width), depth, patch, value, seed=seed, steps=steps,
+                                        interval=max(1, steps // 4), batch_size=batch_size, metric=metric,
+                                        extra={"train.flops_budget": float(budget), "train.steps": None})
+                trial.params = {"steps": steps}
+                trials.append(trial)
+    return trials, truth
 
 
 def log_study(tracking_uri: str, name: str, trials: Sequence[SyntheticTrial], *, experiment: str | None = None,

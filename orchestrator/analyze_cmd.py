@@ -43,15 +43,16 @@ def resolve_target(study_or_yaml: str, tracking_uri: str | None = None, out_dir:
 
 def run_analysis(study: str, tracking_uri: str, out_dir: Path, metric: str | None = None,
                  include_failed: bool = False, *, keep_unhealthy: bool = False, n_boot: int = 1000, seed: int = 0,
-                 log_artifacts: bool = True, trial_ids: set[str] | None = None):
+                 log_artifacts: bool = True, trial_ids: set[str] | None = None, holdout: int | None = None):
     """Load the study from MLflow (only `trial_ids`, if given) and write the report; returns the
-    `analysis.report.Report`.  Unhealthy trials are left out unless `keep_unhealthy`."""
+    `analysis.report.Report`.  Unhealthy trials are left out unless `keep_unhealthy`; `holdout` K adds the
+    prediction of the K largest-compute trials (budgets, in an isoFLOP study) from a fit on the rest."""
     from analysis.load import load_studies
     from analysis.report import write_report
 
     data = load_studies(tracking_uri, study, extra_keys=[metric] if metric else [], trial_ids=trial_ids)
     return write_report(data, Path(out_dir), metric, include_failed=include_failed, keep_unhealthy=keep_unhealthy,
-                        n_boot=n_boot, seed=seed, log_artifacts=log_artifacts)
+                        n_boot=n_boot, seed=seed, log_artifacts=log_artifacts, predict_holdout=holdout)
 
 
 def analyze(study: str, tracking_uri: str, out_dir: Path, metric: str | None, include_failed: bool = False, *,
@@ -75,9 +76,24 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--out", type=Path, help="output folder (default: <study output_dir>/analysis)")
     p.add_argument("--metric", help="metric on the y-axis (default: the trials' eval.metric)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
+    p.add_argument("--holdout", type=_positive_int, metavar="K",
+                   help="predict held-out larger trials: per family, fit on all but the trials at the K largest "
+                        "training-compute values (the K largest budgets in an isoFLOP study) and report predicted "
+                        "vs measured with 95 %% prediction intervals (the report's `prediction` section)")
     add_fit_arguments(p)
     p.set_defaults(func=cmd_analyze)
     return p
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of --holdout: a usage error for anything but an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 of compute values to hold out, got {text!r}")
+    return value
 
 
 def add_fit_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,7 +116,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     name, uri, out, trial_ids = resolve_target(args.study, args.tracking_uri, args.out, args.overrides)
     try:
         report = run_analysis(name, uri, out, args.metric, args.include_failed, keep_unhealthy=args.keep_unhealthy,
-                              n_boot=args.bootstrap, seed=args.seed, trial_ids=trial_ids)
+                              n_boot=args.bootstrap, seed=args.seed, trial_ids=trial_ids,
+                              holdout=getattr(args, "holdout", None))
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -115,6 +132,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             verdict = "" if fit.is_law else f" -> no scaling law at this scale ({fit.no_law})"
             print(f"  {fit.group:<24} {fit.y} ~ {fit.x}^-b: b = {fit.params['b']:.3f} [{lo:.3f}, {hi:.3f}], "
                   f"R² = {fit.r2_log:.3f}, n = {fit.n}{verdict}")
+    for result in report.isoflop.results if report.isoflop else []:
+        for name, value, (lo, hi) in (("a (N_opt ~ C^a)", result.a, result.a_ci),
+                                      ("b (metric_opt ~ C^-b)", result.b, result.b_ci)):
+            interval = f"[{lo:.3f}, {hi:.3f}]" if lo == lo and hi == hi else "(no interval)"
+            print(f"  isoFLOP {result.group:<16} {name}: {value:.3f} {interval}")
+    if report.prediction is not None:
+        s = report.prediction.summary()
+        print(f"  prediction (--holdout {report.prediction.holdout}): {s['covered']} of {s['held_out']} held-out "
+              "values inside their 95 % prediction interval")
+        for skipped in report.prediction.skipped if not s["held_out"] else []:
+            print(f"    not checked ({skipped['group']}, {skipped['law']}): {skipped['reason']}")
     for note in report.notes:
         print(f"  note: {note}")
     print(f"report: {report.path}")

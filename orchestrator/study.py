@@ -15,10 +15,10 @@ import re
 import reprlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gat_core.config import DataConfig, EvalConfig, ModelConfig, StrictModel, TrainConfig, TrialConfig
 from gat_core.weights import missing_weights
@@ -89,6 +89,99 @@ class TrackingConfig(StrictModel):
         return None if uri is None else check_tracking_uri(uri)
 
 
+BUDGET_KEY = "train.flops_budget"
+ISOFLOP_FORBIDDEN = ("train.steps", BUDGET_KEY)  # keys an isoFLOP study sets itself
+
+
+def _flat_keys(entry: Any, where: str) -> dict[str, Any]:
+    """A size mapping with nested sections (`{model: {width: 32}}`) as dotted keys (`{model.width: 32}`)."""
+    if not isinstance(entry, dict) or not entry:
+        raise ValueError(f"{where}: expected a preset name or a non-empty mapping of dotted keys "
+                         f"(e.g. {{model.width: 32, model.depth: 2}}), got {_short(entry)}")
+    flat: dict[str, Any] = {}
+    for key, value in entry.items():
+        key = str(key)
+        nested = flatten(value, key + ".") if isinstance(value, dict) and "." not in key else {key: value}
+        for dotted, leaf in nested.items():
+            if dotted in flat:
+                raise ValueError(f"{where}: {dotted} is given twice")
+            if dotted.split(".")[0] not in TRIAL_SECTIONS or "." not in dotted:
+                raise ValueError(f"{where}: {dotted}: a size can only set keys under {', '.join(TRIAL_SECTIONS)}")
+            if dotted in ISOFLOP_FORBIDDEN:
+                raise ValueError(f"{where}: {dotted}: an isoFLOP study sets it from isoflop.budgets")
+            flat[dotted] = leaf
+    return flat
+
+
+class IsoflopConfig(StrictModel):
+    """An isoFLOP design (Chinchilla's approach 2): every model size trained at every compute budget, each trial's
+    steps derived from its budget (`train.flops_budget`), so the analysis can find the best size per budget."""
+
+    budgets: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        ..., min_length=2, description="Training budgets in MACs (1 multiply-accumulate = 1 FLOP), one trial per "
+        "budget and size; each trial's train.flops_budget (its steps follow from it).")
+    sizes: list[dict[str, Any]] = Field(
+        ..., min_length=3, description="Model sizes: a list of preset names (GAT-S/2) or of mappings of dotted keys "
+        "({model.width: 32, model.depth: 2}), or one mapping of dotted keys to equal-length lists, zipped "
+        "({model.width: [16, 32, 64], model.heads: [2, 4, 4]}).")
+
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _no_booleans(cls, budgets: Any) -> Any:
+        if isinstance(budgets, list) and any(isinstance(b, bool) for b in budgets):
+            raise ValueError(f"expected numbers of MACs such as 1e13, got {_short(budgets)}")
+        return budgets
+
+    @field_validator("budgets")
+    @classmethod
+    def _distinct(cls, budgets: list[float]) -> list[float]:
+        for i, budget in enumerate(budgets):
+            if budget in budgets[:i]:
+                raise ValueError(f"budget {budget:g} is given twice")
+        return budgets
+
+    @field_validator("sizes", mode="before")
+    @classmethod
+    def _sizes(cls, sizes: Any) -> list[dict[str, Any]]:
+        where = "isoflop.sizes"
+        if isinstance(sizes, dict):
+            flat = _flat_keys(sizes, where)
+            lengths = {key: len(v) if isinstance(v, list) else None for key, v in flat.items()}
+            if bad := [k for k, n in lengths.items() if not n]:
+                raise ValueError(f"{where}.{bad[0]}: expected a non-empty list of values, one per size (the lists "
+                                 "of a sizes mapping are zipped)")
+            if len(set(lengths.values())) > 1:
+                listing = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+                raise ValueError(f"{where}: the lists of a sizes mapping are zipped (one size per position) and "
+                                 f"must have the same length: {listing}")
+            entries = [dict(zip(flat, values)) for values in zip(*flat.values())]
+        elif isinstance(sizes, list):
+            entries = [{"model.preset": e} if isinstance(e, str) else _flat_keys(e, f"{where}.{i}")
+                       for i, e in enumerate(sizes)]
+        else:
+            raise ValueError(f"{where}: expected a list of sizes or a mapping of dotted keys to lists, "
+                             f"got {_short(sizes)}")
+        for i, entry in enumerate(entries):
+            if entry in entries[:i]:
+                raise ValueError(f"{where}: sizes {entries.index(entry)} and {i} are the same ({_short(entry)})")
+        return entries
+
+    def keys(self) -> set[str]:
+        """The dotted keys the design sets in every trial."""
+        return {BUDGET_KEY, *(key for size in self.sizes for key in size)}
+
+
+def _grid_sets(key: str, values: list[Any]) -> set[str]:
+    """The dotted keys a grid entry sets (a linked set or a section mapping sets several)."""
+    if key.split(".")[0] in TRIAL_SECTIONS:
+        return {key, *(f"{key}.{k}" for v in values if isinstance(v, dict) for k in v)}
+    return {str(k) for v in values if isinstance(v, dict) for k in v}
+
+
+def _overlaps(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
 class StudyConfig(StrictModel):
     """A study file: a base trial, a grid of changes to it, resources and tracking."""
 
@@ -102,6 +195,31 @@ class StudyConfig(StrictModel):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="Dotted key -> list of values; trials are the cartesian product.")
+    isoflop: IsoflopConfig | None = Field(
+        None, description="An isoFLOP study: every budget x size (x every grid point, e.g. seeds), each trial's "
+        "train.flops_budget set from its budget; the base train section then has neither steps nor flops_budget.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _isoflop_base(cls, data: Any) -> Any:
+        """An isoFLOP study's base trial takes the first budget (each trial gets its own), so its train section
+        validates without steps; steps or a budget given there would be silently replaced, so they are errors."""
+        if not isinstance(data, dict) or data.get("isoflop") is None:
+            return data
+        train = data.get("train") or {}
+        if not isinstance(train, dict):
+            return data
+        for key in ISOFLOP_FORBIDDEN:
+            if train.get(key.split(".")[1]) is not None:
+                raise ValueError(f"{key}: an isoFLOP study sets each trial's train.flops_budget from isoflop.budgets "
+                                 f"(its steps follow from it); remove {key} from the train section")
+        budgets = data["isoflop"].get("budgets") if isinstance(data["isoflop"], dict) else None
+        try:  # YAML reads 1e13 (no dot) as a string; pydantic, and this, take it as the number
+            first = float(budgets[0]) if isinstance(budgets, list) and budgets else 1.0
+        except (TypeError, ValueError):
+            first = 1.0  # isoflop.budgets' own validation names the problem
+        first = first if math.isfinite(first) and first > 0 else 1.0
+        return {**data, "train": {**train, "flops_budget": first}}
 
     @field_validator("grid")
     @classmethod
@@ -122,6 +240,23 @@ class StudyConfig(StrictModel):
             raise ValueError(f"{points} grid points (the product of the list lengths) exceed the limit of "
                              f"{MAX_GRID_POINTS}; split the study")
         return grid
+
+    @model_validator(mode="after")
+    def _isoflop_grid(self) -> "StudyConfig":
+        if self.isoflop is None:
+            return self
+        design = self.isoflop.keys()
+        for key, values in self.grid.items():
+            clash = sorted(d for d in design for k in _grid_sets(key, values) if _overlaps(d, k))
+            if clash:
+                source = "isoflop.budgets" if clash[0] == BUDGET_KEY else "isoflop.sizes"
+                raise ValueError(f"grid.{key}: {clash[0]} is set by {source}; an isoFLOP study takes its budgets "
+                                 "and sizes from the isoflop section (remove it from the grid)")
+        points = len(self.isoflop.budgets) * len(self.isoflop.sizes) * math.prod(len(v) for v in self.grid.values())
+        if points > MAX_GRID_POINTS:
+            raise ValueError(f"isoflop: {points} trials (budgets x sizes x grid points) exceed the limit of "
+                             f"{MAX_GRID_POINTS}; split the study")
+        return self
 
     @property
     def out(self) -> Path:
@@ -391,6 +526,16 @@ def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
+def design_points(config: StudyConfig) -> list[dict[str, Any]]:
+    """The study's grid points: the grid's, or in an isoFLOP study every budget x size x grid point (budget
+    slowest), each setting `train.flops_budget` and the size's keys beside the grid's."""
+    grid = expand_grid(config.grid)
+    if config.isoflop is None:
+        return grid
+    return [{BUDGET_KEY: budget, **size, **point}
+            for budget in config.isoflop.budgets for size in config.isoflop.sizes for point in grid]
+
+
 def _slug(swept: dict[str, Any]) -> str:
     if not swept:
         return "base"
@@ -428,12 +573,12 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
 
     cwd = Path.cwd()
     base = absolute_paths({section: raw.get(section, {}) or {} for section in TRIAL_SECTIONS}, cwd)
-    if "train" not in raw:
+    if "train" not in raw and config.isoflop is None:
         base["train"] = {"steps": 1000}
     problems: list[str] = []
     trials: list[Trial] = []
     seen: dict[str, int] = {}
-    for index, point in enumerate(expand_grid(config.grid)):
+    for index, point in enumerate(design_points(config)):
         tree = copy.deepcopy(base)
         for key, value in point.items():
             if key.split(".")[0] in TRIAL_SECTIONS:
