@@ -23,7 +23,10 @@ flash kernel saves (output and log-sum-exp).  Exact penalties (`train.penalty: e
 attention backend and keep a double-backward graph: their estimate adds the attention probabilities but is a
 lower bound.  Not counted: the CUDA context and allocator slack (about 0.5-1 GB per process), data batches, the
 evaluation (no-grad, EMA generator) and the feature extractor.  tests/test_plan.py measures the same quantity on
-other sizes and checks the estimate against it.
+other sizes and checks the estimate against it (within 10 %).  Measured accuracy, widths 32-96, 16-256 tokens:
+within 7 % without checkpointing; with checkpointing within 6 % at 256 tokens but up to 37 % low at 16 tokens,
+where the parts outside the blocks (patch embedding of the K-level stack, output heads), which O does not scale
+with the patch size, dominate: small models, where memory is no question.
 """
 
 from __future__ import annotations

@@ -152,6 +152,11 @@ def plan_warnings(study: Study, rows: list[dict[str, Any]]) -> list[str]:
         warnings.append(f"{t.name}: train.flops_budget {t.config.train.flops_budget:.3g} MACs leaves {r['steps']} steps "
                         f"(< {MIN_BUDGET_STEPS}){over}; its metric says little about its size: raise the budget or "
                         "shrink the model")
+    beyond = [r for r in rows if r.get("steps_done", 0) > r["steps"]]
+    if beyond:
+        r = beyond[0]
+        warnings.append(f"{len(beyond)} trials have trained past the steps the study now asks for (e.g. {r['name']}: "
+                        f"{r['steps_done']} > {r['steps']}); their results in MLflow are at the longer length")
     by_family: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_family[r["family"]].append(r)

@@ -3,7 +3,8 @@
 States, from the tags the runner and `TrialLogger` write on a trial's child run (`trial_id`, `status`,
 `final_step`, `logged_through_step`):
 - new: no child run, or one that never logged a step;
-- finished: completed at or beyond the configured steps N;
+- finished: completed at the configured steps N, or beyond them ("finished (at step k > N)": a shorter study
+  than the trial ran; nothing to spend);
 - extend (k -> N): completed at step k < N (a longer `train.steps` or `flops_budget` than it ran with);
 - partial (at step k): started, not finished (running, interrupted, failed); it resumes from its newest checkpoint,
   which is at most `train.checkpoint_every` steps before k, so its remaining compute is a lower bound by that much;
@@ -35,6 +36,8 @@ class TrialState:
     def label(self) -> str:
         if self.kind == "extend":
             return f"extend ({self.step} -> {self.steps})"
+        if self.kind == "finished" and self.step > self.steps:
+            return f"finished (at step {self.step} > {self.steps})"
         if self.kind in ("partial", "diverged"):
             return f"{self.kind} (at step {self.step})"
         return self.kind

@@ -75,7 +75,7 @@ def _write_runs(study, cases: dict[int, tuple[str, list[int], int | None]]) -> N
 
 
 def test_states_and_remaining_compute_from_the_runs_the_runner_writes(tmp_path, capsys):
-    path = study_file(tmp_path, "states", grid={"train.seed": [0, 1, 2, 3, 4, 5]}, train={"steps": 12})
+    path = study_file(tmp_path, "states", grid={"train.seed": [0, 1, 2, 3, 4, 5, 6]}, train={"steps": 12})
     study = load_study(path)
     _write_runs(study, {
         0: ("completed", [2, 4, 6], 6),     # trained to 6 of the 12 steps now asked for
@@ -83,17 +83,19 @@ def test_states_and_remaining_compute_from_the_runs_the_runner_writes(tmp_path, 
         2: ("failed", [2, 4], -1),          # the runner's failed trials write final_step -1
         3: ("diverged", [2, 4], 5),
         4: ("completed", [2, 4, 6, 8, 10, 12], 12),
+        6: ("completed", [2, 4, 6, 8, 10, 12, 14], 14),  # a longer study than this one
     })                                      # trial 5: no run
     plan = plan_json(capsys, path)
     trials = plan["trials"]
     assert [t["state"] for t in trials] == ["extend (6 -> 12)", "partial (at step 4)", "partial (at step 4)",
-                                            "diverged (at step 5)", "finished", "new"]
-    assert [t["remaining_steps"] for t in trials] == [6, 8, 8, 0, 0, 12]
+                                            "diverged (at step 5)", "finished", "new", "finished (at step 14 > 12)"]
+    assert [t["remaining_steps"] for t in trials] == [6, 8, 8, 0, 0, 12, 0]
     per_step = trials[0]["macs_per_sample_iter"] * 8  # batch 8
-    assert [t["remaining_train_macs"] for t in trials] == [per_step * n for n in (6, 8, 8, 0, 0, 12)]
+    assert [t["remaining_train_macs"] for t in trials] == [per_step * n for n in (6, 8, 8, 0, 0, 12, 0)]
     assert plan["total_remaining_train_macs"] == per_step * 34
-    assert plan["total_train_flops"] == per_step * 12 * 6  # the total is the configured steps, whatever is done
-    assert plan["store"]["found"] is True and "5 of 6 trials have runs" in plan["store"]["note"]
+    assert plan["total_train_flops"] == per_step * 12 * 7  # the total is the configured steps, whatever is done
+    assert plan["store"]["found"] is True and "6 of 7 trials have runs" in plan["store"]["note"]
+    assert any("trained past the steps the study now asks for" in w and "14 > 12" in w for w in plan["warnings"])
     assert main(["plan", str(path)]) == 0
     text = capsys.readouterr().out
     assert "extend (6 -> 12)" in text and "still to spend" in text
