@@ -173,7 +173,7 @@ def plan_warnings(study: Study, rows: list[dict[str, Any]]) -> list[str]:
 
 def si_units(x: float, digits: int = 2) -> str:
     """1.23T, 45.60G, ...: a count with an SI prefix."""
-    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.{digits}f}{unit}"
     return f"{x:.0f}"
@@ -246,7 +246,9 @@ def _format_costs(study: Study, rows: list[dict[str, Any]], costing: Costing, cl
                       f"{m['trial_peak_bytes'] / GB:.3g}" + (" (ckpt)" if m["grad_checkpoint"] else ""), fits])
     lines += ["  " + line for line in _table(header, table)]
     default = " (default: enough for resources.max_concurrent trials at once; set --gpus)" if cluster["gpus_default"] else ""
-    lines.append(f"  study on {cluster['gpus']} GPU{'s' if cluster['gpus'] != 1 else ''}{default}, {cluster['concurrent_trials']} trials at once: wall time "
+    gpus, slots = cluster["gpus"], cluster["concurrent_trials"]
+    lines.append(f"  study on {gpus} GPU{'s' if gpus != 1 else ''}{default}, {slots} trial{'s' if slots != 1 else ''} "
+                 "at once: wall time "
                  f"{_hours(cluster['wall_hours'])} ({_hours(cluster['remaining_wall_hours'])} to do), "
                  f"{cluster['gpu_hours']:.3g} GPU-hours ({cluster['remaining_gpu_hours']:.3g} to do)")
     lines.append(f"  memory per GPU (GB = 10^9 bytes): fp32 weights, gradients, AdamW's 2 moments and the EMA copy; "
