@@ -4,9 +4,9 @@ Two laws, both in the compute convention of the study (x is GMACs per image, par
 or training MACs):
 
 * pure:       y = a * x^(-b), least squares on log y against log x;
-* saturating: y = E + a * x^(-b), a Huber loss on log residuals minimised with L-BFGS
-  from a grid of starting points (Chinchilla's "approach 3"), E being the irreducible
-  level the metric tends to.
+* saturating: y = E + a * x^(-b), a Huber loss on log residuals minimised by scipy's robust
+  least squares from a grid of starting points (Chinchilla's "approach 3"), E being the
+  irreducible level the metric tends to.
 
 Uncertainty comes from resampling trials with replacement (percentile intervals, seeded),
 which is what makes a fitted exponent something a reader can trust or not: a fit whose
@@ -152,37 +152,133 @@ def _ols(lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
     return np.stack([my[..., 0] - slope * mx[..., 0], -slope], axis=-1)
 
 
-# --- saturating power law: Huber on log residuals, L-BFGS from a grid -----------------------------
-# The objective is the Chinchilla one: sum of Huber(log prediction - log y), E, a, b as
-# exp(e), exp(alpha), b.  Every minimum is found by scipy's L-BFGS-B.  A batched damped
-# Gauss-Newton step (IRLS weights of the Huber loss) first walks all starting points -- the
-# grid for a fit, the full-data optimum and the best grid point for each bootstrap
-# replicate -- downhill together in numpy, so that L-BFGS-B only has a few iterations left
-# to do from the best of them.  Without that warm start 1000 replicates cost seconds per fit.
+# --- saturating power law: Huber on log residuals, robust least squares ----------------------------
+# The objective is the Chinchilla one: the sum of Huber_delta(log prediction - log y), E and a as
+# exp(e) and exp(alpha).  scipy.optimize.least_squares(loss="huber", f_scale=delta) minimises exactly that
+# sum (its cost, 0.5 * delta^2 * rho(r^2 / delta^2), is the Huber loss of each residual), and gives every
+# full-data fit its answer, polishing the best few of a grid of starts.  One scipy call per bootstrap
+# replicate would cost seconds per fit (a few ms each, 1000 replicates, several fits per axis), so the
+# replicates are solved together by `_gauss_newton`: Gauss-Newton steps on the same loss as scipy's (the
+# curvature of the points inside delta, the only ones the Huber loss curves at, Levenberg-Marquardt
+# damping, the same bounds), vectorised over rows; a row that stalls is finished by scipy.
+# tests/test_analysis.py holds the two to the same minima.
 POLISHED_STARTS = 5
+_LM_ITERATIONS = 200
 
 
-def _huber(theta: np.ndarray, lx: np.ndarray, ly: np.ndarray, delta: float) -> tuple[float, np.ndarray]:
-    """Mean Huber loss of log residuals (scaled by 1/delta) and its gradient."""
-    e, alpha, b = theta
-    u = alpha - b * lx
-    pred = np.logaddexp(e, u)
-    r = pred - ly
-    absr = np.abs(r)
-    loss = np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta))
-    dr = np.clip(r, -delta, delta)
-    w_e = np.exp(e - pred)
-    w_u = 1.0 - w_e
-    n = len(lx) * delta
-    grad = np.array([(dr * w_e).sum(), (dr * w_u).sum(), -(dr * w_u * lx).sum()]) / n
-    return float(loss.sum() / n), grad
+def _model_parts(thetas: np.ndarray, lx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log prediction and its derivative in e (the share of E in the prediction) for (B, 3) thetas at (B, n) or (n,)."""
+    e, u = thetas[:, :1], thetas[:, 1:2] - thetas[:, 2:3] * lx
+    d = e - u
+    t = np.exp(-np.abs(d))
+    return np.maximum(e, u) + np.log1p(t), np.where(d >= 0, 1.0, t) / (1.0 + t)
 
 
-def _huber_rows(thetas: np.ndarray, lx: np.ndarray, ly: np.ndarray, delta: float) -> np.ndarray:
-    """The same loss for (B, 3) thetas on (B, n) or (n,) data."""
-    r = np.logaddexp(thetas[:, :1], thetas[:, 1:2] - thetas[:, 2:3] * lx) - ly
-    absr = np.abs(r)
-    return np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta)).sum(axis=1) / (r.shape[1] * delta)
+def _huber(r: np.ndarray, delta: float) -> np.ndarray:
+    """The Huber loss of each residual: 0.5 r^2 within delta, delta (|r| - delta/2) beyond."""
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+def _huber_cost(r: np.ndarray, delta: float) -> np.ndarray:
+    """The Huber cost of rows of residuals (summed over the last axis)."""
+    return _huber(r, delta).sum(axis=-1)
+
+
+def _residuals(theta: np.ndarray, lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
+    return _model_parts(theta[None, :], lx)[0][0] - ly
+
+
+def _jacobian(theta: np.ndarray, lx: np.ndarray, ly: np.ndarray) -> np.ndarray:
+    share = _model_parts(theta[None, :], lx)[1][0]
+    return np.stack([share, 1.0 - share, -lx * (1.0 - share)], axis=1)
+
+
+def _least_squares(start: np.ndarray, lx: np.ndarray, ly: np.ndarray, delta: float, bounds: np.ndarray,
+                   max_nfev: int = 2000) -> tuple[np.ndarray, float]:
+    """scipy's robust least squares (trust region reflective, Huber loss) from `start`; (theta, Huber cost)."""
+    lo, hi = bounds[:, 0], bounds[:, 1]
+    res = optimize.least_squares(_residuals, np.clip(start, lo, hi), jac=_jacobian, args=(lx, ly), bounds=(lo, hi),
+                                 loss="huber", f_scale=delta, method="trf", x_scale="jac",
+                                 ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=max_nfev)
+    return res.x, float(_huber_cost(_residuals(res.x, lx, ly), delta))
+
+
+def _gauss_newton(thetas: np.ndarray, lx: np.ndarray, ly: np.ndarray, delta: float, lo: np.ndarray, hi: np.ndarray,
+                  iterations: int = _LM_ITERATIONS, ftol: float = 1e-12,
+                  xtol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Damped Gauss-Newton on the Huber cost for (B, 3) thetas on rows of data, all rows at once.
+
+    `lx` (B, n) or (n,), `ly` (B, n), bounds `lo`/`hi` (B, 3).  Rows never go uphill; a parameter at a
+    bound that the gradient pushes outwards is held for that step.  A row has converged when a nearly
+    undamped step changes its cost or its parameters no more than `ftol`/`xtol`; one that stalls (steps
+    rejected up to a huge damping) or runs out of iterations is returned as not converged.
+    Returns (thetas, costs, converged).
+    """
+    thetas = np.clip(np.array(thetas, float), lo, hi)
+    lx = np.broadcast_to(lx, ly.shape)
+    cost = _huber_cost(_model_parts(thetas, lx)[0] - ly, delta)
+    lam = np.full(len(thetas), 1e-3)
+    active, converged = np.ones(len(thetas), bool), np.zeros(len(thetas), bool)
+    for _ in range(iterations):
+        rows = np.flatnonzero(active)
+        if not len(rows):
+            break
+        theta, x, y, low, high, damping = thetas[rows], lx[rows], ly[rows], lo[rows], hi[rows], lam[rows]
+        pred, share = _model_parts(theta, x)
+        r = pred - y
+        absr = np.abs(r)
+        inside = absr <= delta
+        psi = np.clip(r, -delta, delta)   # the Huber loss's derivative
+        rest = 1.0 - share                # d pred / d alpha; d pred / d b = -lx * rest
+        psi_rest = psi * rest
+        grad = np.stack([(psi * share).sum(1), psi_rest.sum(1), -(psi_rest * x).sum(1)], axis=1)
+        held = ((theta <= low) & (grad > 0)) | ((theta >= high) & (grad < 0))
+        grad = np.where(held, 0.0, grad)
+        stationary = ~grad.any(axis=1)
+        # the curvature of the Huber loss: the points inside delta; the damping is scaled by the reweighted
+        # (IRLS, delta / |r|) curvature, which is not zero wherever the data move the parameter
+        hess = _normal_matrix(np.where(inside, 1.0, 0.0), share, rest, x)
+        w = np.where(inside, 1.0, delta / np.maximum(absr, 1e-300))
+        wr = w * rest * rest
+        scale = np.stack([(w * share * share).sum(1), wr.sum(1), (wr * x * x).sum(1)], axis=1)
+        pair = held[:, :, None] | held[:, None, :]
+        hess = np.where(pair, 0.0, hess)
+        damp = np.where(held, 1.0, damping[:, None] * scale + 1e-12)
+        step = _solve(hess + damp[:, :, None] * np.eye(3), -grad)
+        candidate = np.clip(theta + step, low, high)
+        new = _huber_cost(_model_parts(candidate, x)[0] - y, delta)
+        better = new < cost[rows]
+        small = ((cost[rows] - new <= ftol * cost[rows])
+                 | (np.abs(candidate - theta).max(1) <= xtol * (1.0 + np.abs(theta).max(1))))
+        finished = stationary | (better & small & (damping <= 1e-2))
+        stalled = ~better & (damping >= 1e8)
+        thetas[rows[better]], cost[rows[better]] = candidate[better], new[better]
+        lam[rows] = np.clip(np.where(better, damping / 5, damping * 5), 1e-12, 1e10)
+        converged[rows[finished]] = True
+        active[rows[finished | stalled]] = False
+    return thetas, cost, converged
+
+
+def _normal_matrix(w: np.ndarray, share: np.ndarray, rest: np.ndarray, lx: np.ndarray) -> np.ndarray:
+    """(B, 3, 3) sum of w J^T J over the points, J = (share, rest, -lx rest), without a (B, n, 3, 3) temporary."""
+    ws, wr = w * share, w * rest * rest
+    sr, wrl = ws * rest, wr * lx
+    out = np.empty((len(w), 3, 3))
+    out[:, 0, 0] = (ws * share).sum(1)
+    out[:, 0, 1] = out[:, 1, 0] = sr.sum(1)
+    out[:, 0, 2] = out[:, 2, 0] = -(sr * lx).sum(1)
+    out[:, 1, 1] = wr.sum(1)
+    out[:, 1, 2] = out[:, 2, 1] = -wrl.sum(1)
+    out[:, 2, 2] = (wrl * lx).sum(1)
+    return out
+
+
+def _solve(matrices: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.solve(matrices, rhs[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:  # an exactly singular row: the least-norm step for every row
+        return np.einsum("bkl,bl->bk", np.linalg.pinv(matrices), rhs)
 
 
 def _start_grid(ly: np.ndarray) -> np.ndarray:
@@ -203,44 +299,8 @@ def _bounds(ly: np.ndarray) -> np.ndarray:
                      np.stack([np.zeros_like(lo), np.full_like(lo, 10.0)], -1)], -2)
 
 
-def _descend(thetas: np.ndarray, lx: np.ndarray, ly: np.ndarray, delta: float, bounds: np.ndarray,
-             iters: int = 150) -> tuple[np.ndarray, np.ndarray]:
-    """Batched Levenberg-Marquardt on the Huber loss (IRLS weights); rows never go uphill."""
-    thetas = np.clip(thetas, bounds[..., 0], bounds[..., 1])
-    loss = _huber_rows(thetas, lx, ly, delta)
-    lam = np.full(len(thetas), 1e-3)
-    eye = np.eye(3)
-    for _ in range(iters):
-        u = thetas[:, 1:2] - thetas[:, 2:3] * lx
-        pred = np.logaddexp(thetas[:, :1], u)
-        r = pred - ly
-        absr = np.abs(r)
-        w_e = np.exp(thetas[:, :1] - pred)
-        jac = np.stack([w_e, 1.0 - w_e, -lx * (1.0 - w_e)], axis=2)
-        grad = np.einsum("bn,bnk->bk", np.clip(r, -delta, delta), jac)
-        weight = np.where(absr <= delta, 1.0, delta / np.maximum(absr, 1e-300))
-        hess = np.einsum("bn,bnk,bnl->bkl", weight, jac, jac)
-        damp = lam[:, None, None] * (np.einsum("bkk->bk", hess)[:, :, None] * eye + 1e-12 * eye)
-        try:
-            step = np.linalg.solve(hess + damp, -grad[:, :, None])[:, :, 0]
-        except np.linalg.LinAlgError:
-            break
-        candidate = np.clip(thetas + step, bounds[..., 0], bounds[..., 1])
-        new = _huber_rows(candidate, lx, ly, delta)
-        better = np.isfinite(new) & (new < loss)
-        thetas[better], loss[better] = candidate[better], new[better]
-        lam = np.clip(np.where(better, lam / 3, lam * 5), 1e-9, 1e9)
-    return thetas, loss
-
-
-def _lbfgs(start: np.ndarray, lx: np.ndarray, ly: np.ndarray, delta: float, bounds: np.ndarray) -> tuple[np.ndarray, float]:
-    res = optimize.minimize(_huber, start, args=(lx, ly, delta), jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": 1000, "ftol": 1e-11, "gtol": 1e-8})
-    return res.x, float(res.fun)
-
-
 def _one_blas_thread() -> Any:
-    """L-BFGS-B calls BLAS on 3-vectors; OpenBLAS worker threads spinning on a shared, busy
+    """The solvers call BLAS on 3-column matrices; OpenBLAS worker threads spinning on a shared, busy
     machine made the bootstrap 10-40x slower, so fits run with one BLAS thread."""
     try:
         from threadpoolctl import threadpool_limits
@@ -249,36 +309,63 @@ def _one_blas_thread() -> Any:
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _saturating_theta(lx: np.ndarray, ly: np.ndarray, starts: np.ndarray, delta: float,
-                      polish: int = POLISHED_STARTS) -> np.ndarray:
-    """Best L-BFGS-B minimum from the `polish` starts that the batched descent brought lowest."""
+def _distinct(points: np.ndarray, tol: float = 1e-3) -> np.ndarray:
+    """The rows of `points` that differ (max abs) by more than `tol` from every earlier row."""
+    kept: list[np.ndarray] = []
+    for p in points:
+        if np.isfinite(p).all() and all(np.abs(p - k).max() > tol for k in kept):
+            kept.append(p)
+    return np.array(kept).reshape(-1, points.shape[1])
+
+
+def _saturating_minima(lx: np.ndarray, ly: np.ndarray, starts: np.ndarray, delta: float,
+                       polish: int = POLISHED_STARTS) -> tuple[np.ndarray, np.ndarray]:
+    """(minima, basins): the distinct minima scipy reaches from the `polish` starts that the batched descent
+    brought lowest, best first; and the distinct points where the descent from every start ended."""
     bounds = _bounds(ly)
-    walked, loss = _descend(starts.astype(float).copy(), lx, ly, delta, np.broadcast_to(bounds, (len(starts), 3, 2)))
-    best, best_loss = walked[np.argmin(loss)], np.inf
-    for i in np.argsort(loss)[:polish]:
-        theta, value = _lbfgs(walked[i], lx, ly, delta, bounds)
-        if value < best_loss:
-            best, best_loss = theta, value
-    return best
+    lo, hi = (np.broadcast_to(bounds[:, i], (len(starts), 3)) for i in (0, 1))
+    walked, cost, _ = _gauss_newton(starts, lx, np.broadcast_to(ly, (len(starts), len(ly))), delta, lo, hi)
+    order = np.argsort(cost)
+    found = sorted((_least_squares(walked[i], lx, ly, delta, bounds) for i in order[:polish]),
+                   key=lambda pair: pair[1])
+    return _distinct(np.array([theta for theta, _ in found])), _distinct(walked[order])
 
 
-def _saturating_boot(theta: np.ndarray, grid: np.ndarray, lx: np.ndarray, ly: np.ndarray, idx: np.ndarray,
+def _saturating_boot(minima: np.ndarray, basins: np.ndarray, lx: np.ndarray, ly: np.ndarray, idx: np.ndarray,
                      delta: float) -> np.ndarray:
-    """Bootstrap thetas: each replicate descends from the full-data optimum and from its best grid
-    point together with all other replicates, then L-BFGS-B finishes from the lower of the two."""
+    """Bootstrap thetas: every replicate descends from the full-data optimum, all replicates together; one for
+    which another full-data minimum or basin (where the descent from a grid start ended on all the data)
+    already costs less than the minimum found descends from there too and keeps the lower; scipy finishes
+    a row that stalled.
+
+    A replicate's landscape is the full data's, perturbed: its other minima lie near the full data's, so
+    their costs there say where a lower one is, without descending every replicate from every start."""
     ok = np.array([len(np.unique(rows)) >= MIN_POINTS["saturating"][1] for rows in idx], bool)
     out = np.full((len(idx), 3), np.nan)
     if not ok.any():
         return out
-    bx, by = lx[idx[ok]], ly[idx[ok]]
+    rows = idx[ok]
+    bx, by = lx[rows], ly[rows]
     bounds = _bounds(by)
-    grid_loss = np.stack([_huber_rows(np.broadcast_to(g, (len(bx), 3)), bx, by, delta) for g in grid], axis=1)
-    from_opt, loss_opt = _descend(np.tile(theta, (len(bx), 1)), bx, by, delta, bounds)
-    from_grid, loss_grid = _descend(grid[np.argmin(grid_loss, axis=1)].copy(), bx, by, delta, bounds)
-    starts = np.where((loss_grid < loss_opt)[:, None], from_grid, from_opt)
-    for i, (start, x_row, y_row) in enumerate(zip(starts, bx, by)):
-        starts[i] = _lbfgs(start, x_row, y_row, delta, bounds[i])[0]
-    out[ok] = starts
+    lo, hi = bounds[..., 0], bounds[..., 1]
+    best, best_cost, best_done = _gauss_newton(np.tile(minima[0], (len(rows), 1)), bx, by, delta, lo, hi)
+    others = _distinct(np.vstack([minima, basins]))[1:]
+    if len(others):
+        # each replicate's cost at every other start: (times each trial was drawn) @ (Huber loss at each trial)
+        counts = np.bincount((np.arange(len(rows))[:, None] * len(lx) + rows).ravel(),
+                             minlength=len(rows) * len(lx)).reshape(len(rows), len(lx)).astype(float)
+        start_cost = counts @ _huber(_model_parts(others, lx)[0] - ly, delta).T
+        choice = np.argmin(start_cost, axis=1)
+        moved = np.flatnonzero(start_cost[np.arange(len(rows)), choice] < best_cost)  # a lower basin than found
+        if len(moved):
+            walked, cost, done = _gauss_newton(others[choice[moved]], bx[moved], by[moved], delta, lo[moved],
+                                               hi[moved])
+            lower = cost < best_cost[moved]
+            take = moved[lower]
+            best[take], best_cost[take], best_done[take] = walked[lower], cost[lower], done[lower]
+    for i in np.flatnonzero(~best_done):
+        best[i] = _least_squares(best[i], bx[i], by[i], delta, bounds[i], max_nfev=50)[0]
+    out[ok] = best
     return out
 
 
@@ -341,10 +428,13 @@ def fit_law(kind: Kind, x: Any, y: Any, *, n_boot: int = 1000, seed: int = 0, x_
     else:
         grid = _start_grid(ly)
         with _one_blas_thread():
-            theta = _saturating_theta(lx, ly, grid, delta)
-            boot = _saturating_boot(theta, grid, lx, ly, idx, delta) if n_boot else np.empty((0, 3))
-        loss = (f"Huber (delta={delta:g}) on log residuals, L-BFGS-B from the {POLISHED_STARTS} best of "
-                f"{len(grid)} grid starting points after a batched Gauss-Newton descent")
+            minima, basins = _saturating_minima(lx, ly, grid, delta)
+            theta = minima[0]
+            boot = _saturating_boot(minima, basins, lx, ly, idx, delta) if n_boot else np.empty((0, 3))
+        loss = (f"Huber (delta={delta:g}) on log residuals: scipy least_squares (trf) from the {POLISHED_STARTS} "
+                f"best of {len(grid)} grid starting points after a batched Gauss-Newton descent; bootstrap "
+                "replicates by the same batched Gauss-Newton from the full-data optimum and from their best "
+                "other full-data basin")
     boot = boot[np.isfinite(boot).all(axis=1)]
     point = {k: float(v[0]) for k, v in _report(kind, theta[None, :], x_ref).items()}
     samples = _report(kind, boot, x_ref)
@@ -366,7 +456,7 @@ def fit_power_law(x: Any, y: Any, **kwargs: Any) -> Fit:
 
 
 def fit_saturating(x: Any, y: Any, **kwargs: Any) -> Fit:
-    """y = E + a * x^(-b) by Huber on log residuals from a grid of L-BFGS starts, with bootstrap CIs."""
+    """y = E + a * x^(-b) by Huber on log residuals (scipy least_squares from a grid of starts), with bootstrap CIs."""
     return fit_law("saturating", x, y, **kwargs)
 
 

@@ -169,6 +169,67 @@ def test_saturating_fit_recovers_the_irreducible_level(store: str) -> None:
     assert fit.rmse_log < pure.rmse_log  # the level is real: the pure law fits worse
 
 
+def _saturating_data(n: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n trials on FD = 2 + 5 * x^-0.4 (x spanning three decades) with lognormal noise."""
+    x = np.geomspace(1e-3, 3.0, n)
+    return x, (2.0 + 5.0 * x ** -0.4) * np.exp(noise * np.random.default_rng(seed).standard_normal(n))
+
+
+def _plain_huber(theta: np.ndarray, lx: np.ndarray, ly: np.ndarray, delta: float = 1e-3) -> float:
+    """The objective written out: sum of Huber(log(E + a x^-b) - log y), E = e^theta0, a = e^theta1."""
+    r = np.log(np.exp(theta[0]) + np.exp(theta[1] - theta[2] * lx)) - ly
+    return float(np.where(np.abs(r) <= delta, 0.5 * r ** 2, delta * (np.abs(r) - 0.5 * delta)).sum())
+
+
+def test_saturating_fit_is_the_minimum_of_the_plain_huber_objective() -> None:
+    """scipy's least_squares(loss='huber') minimises exactly the Chinchilla objective, and the fit is its minimum:
+    no lower value near it (Nelder-Mead on the plain formula, started at the truth and at the fit)."""
+    from scipy import optimize
+
+    from analysis.fit import _bounds, _least_squares
+
+    x, y = _saturating_data(60, noise=0.02, seed=1)
+    fit = fit_saturating(x, y, n_boot=0)
+    lx, ly = np.log(x / fit.x_ref), np.log(y)
+    theta, cost = _least_squares(fit.theta, lx, ly, 1e-3, _bounds(ly))
+    assert cost == pytest.approx(_plain_huber(theta, lx, ly), rel=1e-12)
+    truth = np.array([np.log(2.0), np.log(5.0 * fit.x_ref ** -0.4), 0.4])
+    for start in (truth, fit.theta):
+        plain = optimize.minimize(_plain_huber, start, args=(lx, ly), method="Nelder-Mead",
+                                  options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 20000, "maxfev": 20000})
+        assert _plain_huber(fit.theta, lx, ly) <= plain.fun * (1 + 1e-7)
+    assert abs(fit.params["E"] - 2.0) < 0.15 and abs(fit.params["b"] - 0.4) < 0.03
+
+
+@pytest.mark.parametrize("n, noise", [(12, 0.01), (80, 0.05)])
+def test_batched_bootstrap_ends_where_scipy_ends(n: int, noise: float) -> None:
+    """Every bootstrap replicate (solved together by the batched Gauss-Newton) is at least as low as scipy's
+    least_squares from the full-data optimum on that replicate, and at the same parameters where both find
+    the same minimum; the intervals equal those of one scipy fit per replicate."""
+    from analysis.fit import MIN_POINTS, _bounds, _huber_cost, _least_squares, _residuals
+
+    x, y = _saturating_data(n, noise=noise, seed=n)
+    fit = fit_saturating(x, y, n_boot=200, seed=5)
+    lx, ly = np.log(x / fit.x_ref), np.log(y)
+    idx = np.random.default_rng(5).integers(0, n, size=(200, n))  # the replicates fit_law draws
+    idx = idx[[len(np.unique(rows)) >= MIN_POINTS["saturating"][1] for rows in idx]]
+    assert len(idx) == len(fit.boot) == fit.n_boot_ok
+    reference = []
+    for theta, rows in zip(fit.boot, idx):
+        ref, ref_cost = _least_squares(fit.theta, lx[rows], ly[rows], 1e-3, _bounds(ly[rows]))
+        cost = float(_huber_cost(_residuals(theta, lx[rows], ly[rows]), 1e-3))
+        assert cost <= ref_cost * (1 + 1e-9) + 1e-15
+        reference.append(ref)
+    reference = np.array(reference)
+    same = np.abs(fit.boot - reference).max(axis=1) < 1e-3
+    assert same.mean() > 0.9  # the rest: a lower local minimum than scipy's from the optimum
+    np.testing.assert_allclose(fit.boot[same], reference[same], atol=1e-5)
+    for k, col in (("b", 2),):
+        ref_ci = np.percentile(reference[:, col], [2.5, 97.5])
+        width = ref_ci[1] - ref_ci[0]
+        assert np.abs(np.array(fit.ci[k]) - ref_ci).max() < 0.05 * width
+
+
 # --- frontier ----------------------------------------------------------------------------------
 def test_frontier_on_hand_made_curves(store: str) -> None:
     data = load_studies(store, "frontier")
