@@ -153,8 +153,8 @@ DIVERSITY_PREFIX = "diversity_"  # diversity_<extractor>: a collapse diagnostic 
 
 
 def wants_history(key: str, extra: Iterable[str] = ()) -> bool:
-    """Per-step values are read for quality metrics, diversity and the curve keys only: one MLflow call
-    per run and key, and the rest (block_util_<i>, lr, timings) is only needed at its last value."""
+    """Per-step values are read for quality metrics, diversity and the curve keys only: the rest
+    (block_util_<i>, lr, timings) is only needed at its last value, which the run search already gave."""
     return (key in CURVE_KEYS or bool(QUALITY_PATTERN.search(key)) or key.startswith(DIVERSITY_PREFIX)
             or key in set(extra))
 
@@ -167,13 +167,76 @@ def health_of(tags: dict[str, str], status: str) -> tuple[str, str]:
     return health, reason
 
 
-def _history(client: Any, run_id: str, keys: Iterable[str]) -> list[dict[str, Any]]:
-    rows = []
-    for key in keys:
-        for m in client.get_metric_history(run_id, key):
-            rows.append({"run_id": run_id, "key": key, "step": int(m.step), "value": float(m.value),
-                         "timestamp": int(m.timestamp)})
-    return rows
+SQL_RUNS_PER_QUERY = 500      # run ids in one SQL `IN (...)`, under every database's bound-parameter limit
+SERVER_RUNS_PER_REQUEST = 100  # what a tracking server's get-history-bulk accepts in one request
+SERVER_VALUES_PER_REQUEST = 25000  # and the most values it returns: a full answer may have been cut short
+
+
+HistoryRow = tuple[str, str, int, float, int]  # run_id, key, step, value, timestamp
+HISTORY_COLUMNS = ["run_id", "key", "step", "value", "timestamp"]
+
+
+def _one_by_one(client: Any, run_ids: Sequence[str], key: str) -> list[HistoryRow]:
+    """One `get_metric_history` per run: the way every store answers (a file store, an older server)."""
+    return [(run_id, key, int(m.step), float(m.value), int(m.timestamp))
+            for run_id in run_ids for m in client.get_metric_history(run_id, key)]
+
+
+def _from_sql(store: Any, run_ids: Sequence[str], key: str) -> list[HistoryRow]:
+    """A database store (sqlite, postgres, ...): one query per `SQL_RUNS_PER_QUERY` runs."""
+    return [(m.run_id, key, int(m.step), float(m.value), int(m.timestamp))
+            for i in range(0, len(run_ids), SQL_RUNS_PER_QUERY)
+            for m in store.get_metric_history_bulk(list(run_ids[i:i + SQL_RUNS_PER_QUERY]), key, max_results=2 ** 62)]
+
+
+def _from_server(client: Any, store: Any, run_ids: Sequence[str], key: str) -> list[HistoryRow]:
+    """A tracking server: its get-history-bulk endpoint (the one its UI charts from), `SERVER_RUNS_PER_REQUEST`
+    runs a request; a batch whose answer may have been cut short is split, down to one run a request, and a
+    single run with more values than one answer holds is read by the paginated `get_metric_history`."""
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    def fetch(batch: Sequence[str]) -> list[HistoryRow]:
+        response = http_request(store.get_host_creds(), "/ajax-api/2.0/mlflow/metrics/get-history-bulk", "GET",
+                                params={"run_id": list(batch), "metric_key": key,
+                                        "max_results": SERVER_VALUES_PER_REQUEST})
+        found = verify_rest_response(response, "get-history-bulk").json().get("metrics", [])
+        if len(found) < SERVER_VALUES_PER_REQUEST:
+            return [(m["run_id"], key, int(m.get("step", 0)), float(m["value"]), int(m.get("timestamp", 0)))
+                    for m in found]
+        if len(batch) == 1:
+            return _one_by_one(client, batch, key)
+        half = len(batch) // 2
+        return fetch(batch[:half]) + fetch(batch[half:])
+
+    return [row for i in range(0, len(run_ids), SERVER_RUNS_PER_REQUEST)
+            for row in fetch(run_ids[i:i + SERVER_RUNS_PER_REQUEST])]
+
+
+def read_histories(client: Any, wanted: dict[str, Sequence[str]]) -> pd.DataFrame:
+    """Every value of the keys `wanted[run_id]` of each run: a frame of run_id, key, step, value, timestamp.
+
+    Not one request per run per metric: a database store answers one query per key for hundreds of runs, a
+    tracking server one request per key for up to 100 runs; any other store (or a server without the bulk
+    endpoint) is read run by run.
+    """
+    by_key: dict[str, list[str]] = {}
+    for run_id, keys in wanted.items():
+        for key in keys:
+            by_key.setdefault(key, []).append(run_id)
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    rows: list[HistoryRow] = []
+    for key, run_ids in by_key.items():
+        if hasattr(store, "get_metric_history_bulk"):
+            rows += _from_sql(store, run_ids, key)
+            continue
+        if hasattr(store, "get_host_creds"):
+            try:
+                rows += _from_server(client, store, run_ids, key)
+                continue
+            except Exception:  # noqa: BLE001 - a server without the bulk endpoint: read run by run
+                pass
+        rows += _one_by_one(client, run_ids, key)
+    return pd.DataFrame.from_records(rows, columns=HISTORY_COLUMNS)
 
 
 def _last_finite(history: pd.DataFrame) -> pd.DataFrame:
@@ -225,7 +288,7 @@ def trials_frame(client: Any, study: str, children: list, extra_keys: Sequence[s
     Final values are the last finite value of the history where it was read, else the run's
     latest value (MLflow's run.data.metrics).
     """
-    rows, history_rows, param_names, latest = [], [], set(), {}
+    rows, param_names, latest, wanted = [], set(), {}, {}
     for run in children:
         tags, info = run.data.tags, run.info
         params = {k: parse_param(v) for k, v in run.data.params.items()}
@@ -240,11 +303,10 @@ def trials_frame(client: Any, study: str, children: list, extra_keys: Sequence[s
             "final_step": int(final_step) if final_step not in (None, "") and final_step.lstrip("-").isdigit() else None,
             **params,
         })
-        wanted = sorted(k for k in run.data.metrics if wants_history(k, extra_keys))
-        history_rows += _history(client, info.run_id, wanted)
-        latest[info.run_id] = {k: v for k, v in run.data.metrics.items() if k not in wanted}
+        wanted[info.run_id] = sorted(k for k in run.data.metrics if wants_history(k, extra_keys))
+        latest[info.run_id] = {k: v for k, v in run.data.metrics.items() if k not in wanted[info.run_id]}
     trials = pd.DataFrame(rows)
-    history = pd.DataFrame(history_rows, columns=["run_id", "key", "step", "value", "timestamp"])
+    history = read_histories(client, wanted)
     if len(history):  # one value per (run, key, step): the last one written
         history = (history.sort_values(["run_id", "key", "step", "timestamp"])
                    .drop_duplicates(["run_id", "key", "step"], keep="last").reset_index(drop=True))

@@ -142,6 +142,75 @@ def test_several_studies_load_into_one_frame(store: str) -> None:
     assert set(data.trials["study"]) == {"pl-8", "frontier"} and len(data.trials) == 10
 
 
+def _run_by_run(uri: str, study: str) -> pd.DataFrame:
+    """The histories as the plain API gives them: one get_metric_history per run and curve key."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.load import HISTORY_COLUMNS, find_study_runs, wants_history
+
+    client = MlflowClient(uri)
+    rows = [(run.info.run_id, key, m.step, m.value, m.timestamp) for run in find_study_runs(client, study)[1]
+            for key in sorted(k for k in run.data.metrics if wants_history(k))
+            for m in client.get_metric_history(run.info.run_id, key)]
+    return _sorted(pd.DataFrame(rows, columns=HISTORY_COLUMNS))
+
+
+def _sorted(history: pd.DataFrame) -> pd.DataFrame:
+    return history.sort_values(["run_id", "key", "step", "timestamp"]).reset_index(drop=True)
+
+
+def _spy_run_by_run(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the runs read one request at a time (`analysis.load._one_by_one`)."""
+    import analysis.load as load
+
+    calls: list[int] = []
+    plain = load._one_by_one
+
+    def counted(client, run_ids, key):
+        calls.append(len(run_ids))
+        return plain(client, run_ids, key)
+
+    monkeypatch.setattr(load, "_one_by_one", counted)
+    return calls
+
+
+def test_histories_of_a_sqlite_store_in_bulk_equal_the_run_by_run_ones(store: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import analysis.load as load
+
+    calls = _spy_run_by_run(monkeypatch)
+    monkeypatch.setattr(load, "SQL_RUNS_PER_QUERY", 3)  # several queries per key, as for a large study
+    data = load_studies(store, "some-diverged")
+    assert not calls
+    pd.testing.assert_frame_equal(_sorted(data.history), _run_by_run(store, "some-diverged"))
+    assert np.isnan(data.history["value"]).any()  # the diverged trial's non-finite losses come through
+
+
+def test_histories_from_a_tracking_server_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against a real `mlflow server`: one get-history-bulk request per key for a batch of runs; an answer
+    that may have been cut short is split, down to the paginated per-run call for a run longer than one answer."""
+    import analysis.load as load
+    from tests.test_tracking_server import Server
+
+    server = Server(tmp_path)
+    server.start()
+    try:
+        diverged = synthetic_trial(1024, 4, 2, 1.0, diverge_at=300)
+        log_study(server.uri, "served", power_law_trials(5, rng_seed=3) + [diverged])
+        expected = _run_by_run(server.uri, "served")
+        calls = _spy_run_by_run(monkeypatch)
+        data = load_studies(server.uri, "served")
+        assert not calls  # no request per run per metric
+        pd.testing.assert_frame_equal(_sorted(data.history), expected)
+        monkeypatch.setattr(load, "SERVER_VALUES_PER_REQUEST", 12)  # loss_d has 17 values a run, fd_classifier 5
+        split = load_studies(server.uri, "served")
+        assert calls and set(calls) == {1}  # only the runs longer than one answer, each alone
+        pd.testing.assert_frame_equal(_sorted(split.history), expected)
+        pd.testing.assert_frame_equal(split.trials, data.trials)
+    finally:
+        server.stop()
+
+
 # --- fits --------------------------------------------------------------------------------------
 def test_power_law_recovered_and_ci_narrows_with_more_trials(store: str) -> None:
     widths = {}
