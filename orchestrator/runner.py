@@ -1,8 +1,11 @@
 """Run a study on Ray Tune: one Tune trial per grid point, each calling `gat_core.train`.
 
-Resumption is keyed on the trial id (a hash of the trial's config): trials whose
-MLflow child run says completed or diverged are not started again; the others
-continue from their newest checkpoint, in their existing child run.
+Resumption is keyed on the trial id (a hash of what the trial learns from,
+`orchestrator.study.identity_items`): trials whose MLflow child run says completed or
+diverged are not started again; the others continue from their newest checkpoint, in
+their existing child run.  A completed trial asked for more steps continues from its final
+checkpoint, one whose evaluation settings changed is re-scored (`trial_actions`), and one
+asked for fewer steps is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow.entities import RunTag
+
 from orchestrator.plan import compute_columns
 from orchestrator.progress import ProgressTable
-from orchestrator.study import Study
-from orchestrator.tracking import FINAL_STATUSES, HEALTH_REASON_TAG, HEALTH_TAG, StudyTracker, TrialLogger
+from orchestrator.study import Study, StudyError, evaluation_items, flatten, same_evaluation, same_identity
+from orchestrator.tracking import (EARLIER_ID_TAG, EVAL_TAG, FINAL_STATUSES, HEALTH_REASON_TAG, HEALTH_TAG,
+                                   StudyTracker, TrialLogger)
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +64,9 @@ def _newest_checkpoint(*folders: Path) -> Path | None:
 
 
 def run_trial(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[str, str], tracking_uri: str,
-              out_dir: str, cpus: float) -> None:
-    """Ray Tune function trainable: one single-worker trial from (re)start to its final report."""
+              out_dir: str, cpus: float, rescore: frozenset[str] = frozenset()) -> None:
+    """Ray Tune function trainable: one single-worker trial from (re)start to its final report (or the
+    re-scoring of a finished trial whose id is in `rescore`)."""
     from ray import tune
 
     def publish(metrics: dict[str, Any], folder: Path | None) -> None:
@@ -67,12 +74,13 @@ def run_trial(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[s
 
     trial_id = config["trial_id"]
     _attempt(trial_id, trials[trial_id], run_ids[trial_id], tracking_uri=tracking_uri, out_dir=out_dir, cpus=cpus,
-             restored=tune.get_checkpoint(), publish=publish)
+             restored=tune.get_checkpoint(), publish=publish, rescore=trial_id in rescore)
 
 
 def run_trial_data_parallel(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[str, str],
                             tracking_uri: str, out_dir: str, cpus: float, gpus: float, workers: int,
-                            max_failures: int, storage: str, local: bool) -> None:
+                            max_failures: int, storage: str, local: bool,
+                            rescore: frozenset[str] = frozenset()) -> None:
     """Ray Tune function trainable of a multi-worker trial: a Ray Train TorchTrainer (gloo on CPU, NCCL on GPU)
     whose workers each run the trial on their slice of every batch; rank 0's reports reach Tune and MLflow.
 
@@ -93,7 +101,8 @@ def run_trial_data_parallel(config: dict[str, Any], *, trials: dict[str, str], r
     trainer = TorchTrainer(
         _data_parallel_worker,
         train_loop_config={"trial_id": trial_id, "config_json": trials[trial_id], "run_id": run_ids[trial_id],
-                           "tracking_uri": tracking_uri, "out_dir": out_dir, "cpus": cpus},
+                           "tracking_uri": tracking_uri, "out_dir": out_dir, "cpus": cpus,
+                           "rescore": trial_id in rescore},
         torch_config=torch_config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
         run_config=RunConfig(name=f"trial-{trial_id}", storage_path=storage, callbacks=[TuneReportCallback()],
@@ -117,8 +126,9 @@ def _data_parallel_worker(loop: dict[str, Any]) -> None:
     batch = cfg.get("train", {}).get("batch_size")
     _attempt(loop["trial_id"], loop["config_json"], loop["run_id"], tracking_uri=loop["tracking_uri"],
              out_dir=loop["out_dir"], cpus=loop["cpus"], restored=ray.train.get_checkpoint(), publish=publish,
-             rank=rank, tags={"workers": str(world), "effective_batch_size": str(batch),
-                              "per_worker_batch_size": str(batch // world), "dp_backend": _dist_backend()})
+             rank=rank, rescore=loop.get("rescore", False),
+             tags={"workers": str(world), "effective_batch_size": str(batch),
+                   "per_worker_batch_size": str(batch // world), "dp_backend": _dist_backend()})
 
 
 def _dist_backend() -> str:
@@ -131,15 +141,19 @@ Publish = Callable[[dict[str, Any], "Path | None"], None]
 
 
 def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str, out_dir: str, cpus: float,
-             restored: Any, publish: Publish, rank: int = 0, tags: dict[str, str] | None = None) -> None:
-    """One attempt of one trial (one worker's part of it when data-parallel): resume, train, log.
+             restored: Any, publish: Publish, rank: int = 0, tags: dict[str, str] | None = None,
+             rescore: bool = False) -> None:
+    """One attempt of one trial (one worker's part of it when data-parallel): resume, train, log; or, with
+    `rescore`, the final evaluation of a finished trial again under its (changed) evaluation settings.
 
     Rank 0 logs to MLflow; every worker publishes the same sequence of reports (Ray Train needs that).
     """
     import torch
 
     from gat_core.config import TrialConfig
-    from gat_core.train import TrainEvent, train
+    from gat_core.train import TrainEvent
+    from gat_core.train import rescore as rescore_trial
+    from gat_core.train import train
 
     torch.set_num_threads(max(1, int(cpus)))
     # a tracking server that is down must not stall training: fail fast, TrialLogger keeps and retries
@@ -174,18 +188,22 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
         folder = event.checkpoint_dir if event.kind == "checkpoint" else None
         if logger is not None:
             if event.metrics:
-                logger.log(event.step, event.metrics, always=event.kind == "start")
+                logger.log(event.step, event.metrics, always=event.kind == "start" or event.replaces)
             if "samples" in event.artifacts:
                 logger.artifact(event.artifacts["samples"], "samples")
             if event.kind == "final":
                 logger.flush()
+            if "model" in event.artifacts:
                 logger.artifact(event.artifacts["model"], "model")
             if folder is not None:
                 logger.flush()  # metrics up to a checkpoint are never lost with the process
         publish({"step": event.step, "total_steps": event.total_steps, "kind": event.kind, **event.metrics}, folder)
 
     try:
-        result = train(cfg, workdir, report, cache_dir=Path(out_dir) / "cache", resume_from=resume_from)
+        if rescore:
+            result = rescore_trial(cfg, workdir, report, cache_dir=Path(out_dir) / "cache")
+        else:
+            result = train(cfg, workdir, report, cache_dir=Path(out_dir) / "cache", resume_from=resume_from)
     except Exception as exc:
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:1000]  # one line in MLflow and the summary
         if logger is not None:
@@ -198,7 +216,10 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
         return
     if not reported_final:  # finished in an earlier attempt whose last writes may not have reached MLflow
         logger.log(result.step, result.metrics)
-    logger.finish(result.status, result.step, result.reason, health=(result.health, result.health_reason))
+    # the settings of the final evaluation, when this attempt ran it (a result saved earlier keeps its record)
+    scored = {EVAL_TAG: json.dumps(evaluation_items(flatten(cfg.model_dump(mode="json"))))} if reported_final else {}
+    logger.finish(result.status, result.step, result.reason, health=(result.health, result.health_reason),
+                  tags=scored)
 
 
 def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) -> None:
@@ -252,29 +273,143 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) 
             "run the same command again. Nothing was trained.") from None
 
 
+@dataclass(frozen=True)
+class TrialAction:
+    """What `run` does with one trial, given its child run: `new` (no run yet), `resume` (unfinished),
+    `extend` (completed at `trained` < `target` steps), `rescore` (completed at its length, scored under other
+    evaluation settings), `done`, or `refused` (trained past `target`: a trial is never shortened)."""
+
+    kind: str
+    trained: int  # steps trained so far
+    target: int  # steps the study asks for now
+    why: str = ""
+
+
+def trained_steps(tags: dict[str, str]) -> int:
+    """Steps a child run has trained: its `final_step` once finished, else the last step it logged."""
+    def number(key: str) -> int:
+        text = tags.get(key) or ""
+        return int(text) if text.lstrip("-").isdigit() else 0
+
+    return max(number("final_step") if tags.get("status") in FINAL_STATUSES else 0, number("logged_through_step"))
+
+
+def scored_under(run: Any) -> dict[str, str]:
+    """The evaluation settings a finished child run was scored under: its `eval_settings` tag, else (a run
+    finished by an earlier gat-study, or whose final writes were lost) its params."""
+    try:
+        recorded = json.loads(run.data.tags[EVAL_TAG])
+        if isinstance(recorded, dict):
+            return {str(k): str(v) for k, v in recorded.items()}
+    except (KeyError, ValueError):
+        pass
+    return evaluation_items(run.data.params)
+
+
+def trial_actions(study: Study, runs: dict[str, Any], steps: dict[str, int]) -> dict[str, TrialAction]:
+    """trial_id -> TrialAction for every trial of `study`, from its child run in `runs` (trial_id -> MLflow run)
+    and the steps it asks for (`steps`, trial_id -> train.steps or what train.flops_budget gives)."""
+    actions = {}
+    for t in study.trials:
+        run, target = runs.get(t.trial_id), steps[t.trial_id]
+        if run is None:
+            actions[t.trial_id] = TrialAction("new", 0, target)
+            continue
+        tags = run.data.tags
+        status, trained = tags.get("status"), trained_steps(tags)
+        if trained > target:
+            kind = "refused"
+        elif status == "completed" and trained < target:
+            kind = "extend"
+        elif status == "completed" and not same_evaluation(t, scored_under(run)):
+            kind = "rescore"
+        else:
+            kind = "done" if status in FINAL_STATUSES else "resume"
+        why = (f"trial {t.trial_id} ({t.name}): has trained {trained} steps, but the study now asks for {target} "
+               "(train.steps, or what train.flops_budget gives): a trial is never shortened; its metrics at every "
+               "step it logged are in its MLflow run. Set the length back to at least "
+               f"{trained}, or run the shorter study under another name or output_dir") if kind == "refused" else ""
+        actions[t.trial_id] = TrialAction(kind, trained, target, why)
+    return actions
+
+
+def adopt_earlier_runs(tracker: StudyTracker, study: Study, runs: dict[str, Any]) -> list[str]:
+    """Give the child runs recorded under ids that name no trial of the study, but whose params hold a trial's
+    identity, that trial's id: runs of gat-study before identity keys (which hashed the whole config, so a
+    changed `train.steps` or interval made a new id), or runs whose bookkeeping changed since.  The run is
+    re-tagged (`trial_id`, and `earlier_trial_id` with the old id) and its folder renamed, so it is resumed,
+    extended or re-scored instead of trained again.  Of several candidates the one with the most steps not
+    beyond the trial's length wins.  Returns one line per adoption, and one per run adopted by no trial."""
+    current = {t.trial_id for t in study.trials}
+    orphans = [run for tid, run in runs.items() if tid not in current]
+    lines: list[str] = []
+    folder = study.config.out / "trials"
+    for trial in study.trials:
+        if trial.trial_id in runs or not orphans:
+            continue
+        candidates = [r for r in orphans if same_identity(trial, r.data.params)]
+        if not candidates:
+            continue
+        target = int(compute_columns(trial)["steps"])
+        pick = max(candidates, key=lambda r: (trained_steps(r.data.tags) <= target, trained_steps(r.data.tags)))
+        old = pick.data.tags["trial_id"]
+        src, dst = folder / old, folder / trial.trial_id
+        if src.exists() and dst.exists():
+            lines.append(f"run {pick.info.run_id} (earlier id {old}) holds trial {trial.trial_id} ({trial.name}) but "
+                         f"both {src} and {dst} exist; not adopted (move one away and run again)")
+            continue
+        if src.exists():
+            src.rename(dst)
+        tracker.client.log_batch(pick.info.run_id,
+                                 tags=[RunTag("trial_id", trial.trial_id), RunTag(EARLIER_ID_TAG, old)])
+        orphans.remove(pick)
+        lines.append(f"adopted run {pick.info.run_id} of trial {trial.trial_id} ({trial.name}), recorded under the "
+                     f"earlier id {old} at step {trained_steps(pick.data.tags)}")
+    if orphans:
+        shown = ", ".join(sorted(r.data.tags.get("trial_id", "?") for r in orphans)[:5])
+        lines.append(f"{len(orphans)} child runs of this study are no trial of it now (removed grid points or "
+                     f"changed identity keys; kept as they are): {shown}{' ...' if len(orphans) > 5 else ''}")
+    return lines
+
+
 def run_study(study: Study, *, address: str | None = None, tracking_uri: str | None = None,
               storage: str | None = None, dashboard: bool = False, num_cpus: int | None = None,
               quiet: bool = False) -> list[TrialOutcome]:
-    """Run every unfinished trial of `study`; return the outcome of all trials."""
+    """Run every unfinished trial of `study` (extending and re-scoring finished ones as `trial_actions`
+    says); return the outcome of all trials.  A trial trained past the steps the study now asks for is a
+    StudyError before anything runs."""
     cfg = study.config
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or cfg.tracking_uri
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     tracker = StudyTracker(uri, cfg.experiment, artifact_root=out / "mlartifacts")
     existing = tracker.trial_runs(cfg.name)
-    finished = {tid for tid, run in existing.items() if run.data.tags.get("status") in FINAL_STATUSES}
-    todo = [t for t in study.trials if t.trial_id not in finished]
+    if adopted := adopt_earlier_runs(tracker, study, existing):
+        say("\n".join(f"study {cfg.name}: {line}" for line in adopted))
+        existing = tracker.trial_runs(cfg.name)
+    columns = {t.trial_id: compute_columns(t) for t in study.trials}
+    actions = trial_actions(study, existing, {tid: int(c["steps"]) for tid, c in columns.items()})
+    if refused := [a.why for a in actions.values() if a.kind == "refused"]:
+        raise StudyError(refused)
+    todo = [t for t in study.trials if actions[t.trial_id].kind != "done"]
     if todo:  # a cluster that cannot be reached or refuses us fails here, before any run is created
         init_ray(address, dashboard, num_cpus)
     parent_id = tracker.ensure_parent(study)
-    run_ids = {t.trial_id: tracker.ensure_child(study, t, parent_id, compute_columns(t), existing)
+    run_ids = {t.trial_id: tracker.ensure_child(study, t, parent_id, columns[t.trial_id], existing)
                for t in study.trials}
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    say(f"study {cfg.name}: {len(study.trials)} trials, {len(study.trials) - len(todo)} already finished, "
-        f"{len(todo)} to run; MLflow: {uri} (experiment {cfg.experiment})")
+    kinds = [actions[t.trial_id].kind for t in study.trials]
+    extend = [actions[t.trial_id] for t in todo if actions[t.trial_id].kind == "extend"]
+    lengths = ", ".join(sorted({f"{a.trained} -> {a.target}" for a in extend}))
+    say(f"study {cfg.name}: {len(study.trials)} trials, {kinds.count('done')} already finished, "
+        f"{kinds.count('new') + kinds.count('resume')} to run"
+        + (f", {len(extend)} to extend ({lengths} steps)" if extend else "")
+        + (f", {kinds.count('rescore')} to re-score" if "rescore" in kinds else "")
+        + f"; MLflow: {uri} (experiment {cfg.experiment})")
 
     if todo:
-        _fit(study, todo, run_ids, uri, out, storage or str(out / "ray"), address, quiet)
+        rescore = frozenset(t.trial_id for t in todo if actions[t.trial_id].kind == "rescore")
+        _fit(study, todo, run_ids, uri, out, storage or str(out / "ray"), address, quiet, rescore)
     outcomes = collect_outcomes(study, tracker)
     unfinished = [o for o in outcomes if o.status not in (*FINAL_STATUSES, "failed")]
     for o in unfinished:  # stopped by Ctrl-C or a lost driver: resumable, say so
@@ -289,12 +424,12 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
 
 
 def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path, storage: str,
-         address: str | None, quiet: bool) -> None:
+         address: str | None, quiet: bool, rescore: frozenset[str] = frozenset()) -> None:
     from ray import tune
 
     res = study.config.resources
     common = dict(trials={t.trial_id: t.config.model_dump_json() for t in todo}, run_ids=run_ids,
-                  tracking_uri=uri, out_dir=str(out), cpus=res.cpus_per_trial)
+                  tracking_uri=uri, out_dir=str(out), cpus=res.cpus_per_trial, rescore=rescore)
     if res.workers > 1:  # the Tune trial only drives its Ray Train workers, which hold the CPUs and GPUs
         trainable = tune.with_parameters(run_trial_data_parallel, **common, gpus=res.gpus_per_trial,
                                          workers=res.workers, max_failures=res.max_failures, storage=storage,
@@ -354,7 +489,7 @@ def collect_outcomes(study: Study, tracker: StudyTracker) -> list[TrialOutcome]:
         health = tags.get(HEALTH_TAG, "diverged" if status == "diverged" else "ok" if status == "completed" else "")
         outcomes.append(TrialOutcome(
             trial_id=t.trial_id, name=t.name, status=status,
-            step=int(tags.get("final_step", tags.get("logged_through_step", 0)) or 0),
+            step=trained_steps(tags),
             metric=run.data.metrics.get(metric) if run else None, run_id=run.info.run_id if run else "",
             workdir=study.config.out / "trials" / t.trial_id,
             diversity=run.data.metrics.get(diversity) if run and diversity else None,

@@ -34,6 +34,8 @@ VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the UI's saved views of an experi
 HEALTH_TAG = "health"  # ok | collapsed | diverged: the verdict of gat_core.health on a finished trial
 HEALTH_REASON_TAG = "health_reason"
 FINAL_STATUSES = ("completed", "diverged")
+EVAL_TAG = "eval_settings"  # JSON: the evaluation keys a finished trial was scored under
+EARLIER_ID_TAG = "earlier_trial_id"  # the id a run had under gat-study's earlier whole-config hash, once adopted
 PACKAGES = ("torch", "ray", "mlflow", "pydantic", "numpy", "scipy", "pandas", "diffusers", "timm", "gat-study")
 _MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
@@ -257,6 +259,7 @@ class TrialLogger:
         self.logged_through = int(tags.get("logged_through_step", -1))
         self.skip_through = self.logged_through  # steps an earlier attempt of this trial already logged
         self.pending_through = self.logged_through
+        self.last_step, self.keys_at_last_step = -1, set()  # a key reported twice at one step is logged once
 
     def start(self, node: str = "", tags: dict[str, str] | None = None) -> None:
         self._tags({"status": "running", **({"ray_node": node} if node else {}), **(tags or {})})
@@ -274,10 +277,15 @@ class TrialLogger:
             return False
 
     def log(self, step: int, metrics: dict[str, float], always: bool = False) -> None:
-        """Buffer metrics at `step`; steps an earlier attempt logged are skipped unless `always`."""
+        """Buffer metrics at `step`; steps an earlier attempt logged are skipped unless `always` (a trial's
+        start, a re-scored final evaluation: MLflow's latest value of a key is its newest at the highest step)."""
         if step > self.skip_through or always:
+            if step != self.last_step:
+                self.last_step, self.keys_at_last_step = step, set()
+            fresh = {k: v for k, v in metrics.items() if always or k not in self.keys_at_last_step}
+            self.keys_at_last_step |= set(fresh)
             now = int(time.time() * 1000)
-            self.buffer += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+            self.buffer += [Metric(k, float(v), now, step) for k, v in fresh.items()]
             self.pending_through = max(self.pending_through, step)
         if time.monotonic() - self.last_flush >= self.flush_seconds:
             self.flush()
@@ -306,10 +314,11 @@ class TrialLogger:
             log.warning("MLflow artifact upload of %s failed: %s", path, exc)
 
     def finish(self, status: str, step: int, reason: str = "", attempts: int = 6,
-               health: tuple[str, str] | None = None) -> None:
-        """Flush everything and set the final status (and the `health` verdict with its reason), retrying for a
-        while if the store is unavailable."""
-        tags = {"status": status, "final_step": str(step), **({"reason": reason} if reason else {})}
+               health: tuple[str, str] | None = None, tags: dict[str, str] | None = None) -> None:
+        """Flush everything and set the final status (and the `health` verdict with its reason, and `tags`),
+        retrying for a while if the store is unavailable."""
+        tags = {"status": status, "final_step": str(step), **({"reason": reason} if reason else {}),
+                **(tags or {})}
         if health is not None:
             tags.update({HEALTH_TAG: health[0], HEALTH_REASON_TAG: health[1]})
         for attempt in range(attempts):
