@@ -52,6 +52,7 @@ class StudyData:
     base_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # study -> flattened base config
     metric_keys: list[str] = field(default_factory=list)  # every metric any child run logged
     notes: list[str] = field(default_factory=list)  # what the reader should know about what was loaded
+    artifact_uris: dict[str, str] = field(default_factory=dict)  # run id -> its artifact root (from the search)
 
 
 def parse_param(text: str) -> Any:
@@ -332,6 +333,25 @@ def trials_frame(client: Any, study: str, children: list, extra_keys: Sequence[s
     return trials, history
 
 
+def download_run_artifact(data: StudyData, run_id: str, path: str, folder: Path) -> Path | None:
+    """`path` of run `run_id` downloaded into `folder`, or None when the run has no such artifact (or its
+    store cannot be reached).  From the artifact root the run search gave: one request per run (none for a
+    local store), where the client's list_artifacts + download_artifacts looked the run up twice first."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    root = data.artifact_uris.get(run_id)
+    try:
+        with quiet_artifacts():
+            if root is None:
+                return Path(open_client(data.tracking_uri).download_artifacts(run_id, path, str(folder)))
+            if urlparse(root).scheme in ("", "file") and not (Path(unquote(urlparse(root).path)) / path).exists():
+                return None
+            folder.mkdir(parents=True, exist_ok=True)
+            return Path(get_artifact_repository(root).download_artifacts(path, str(folder)))
+    except Exception:  # noqa: BLE001 - no such artifact, or an unreachable artifact store
+        return None
+
+
 def _base_config(client: Any, parent: Any) -> dict[str, Any]:
     """The study's base config (before the grid), flattened; {} when the parent has no resolved_study.json."""
     import tempfile
@@ -366,7 +386,7 @@ def load_studies(tracking_uri: str, studies: str | Sequence[str], extra_keys: Se
     """
     names = [studies] if isinstance(studies, str) else list(studies)
     client = open_client(tracking_uri)
-    frames, histories, parents, bases, logged, notes = [], [], {}, {}, set(), []
+    frames, histories, parents, bases, logged, notes, artifact_uris = [], [], {}, {}, set(), [], {}
     for name in names:
         parent, children = find_study_runs(client, name)
         if not children:
@@ -383,6 +403,7 @@ def load_studies(tracking_uri: str, studies: str | Sequence[str], extra_keys: Se
             children = kept
         trials, history = trials_frame(client, name, children, extra_keys)
         logged |= {k for run in children for k in run.data.metrics}
+        artifact_uris.update({run.info.run_id: run.info.artifact_uri for run in children if run.info.artifact_uri})
         frames.append(trials)
         histories.append(history)
         if parent is not None:
@@ -394,4 +415,4 @@ def load_studies(tracking_uri: str, studies: str | Sequence[str], extra_keys: Se
     trials["size_rank"] = trials["size"].map({s: i for i, s in enumerate(order.index)})
     trials = trials.sort_values(["size_rank", "patch", "run_name"], kind="stable").reset_index(drop=True)
     return StudyData(tracking_uri=tracking_uri, studies=names, parents=parents, trials=trials, history=history,
-                     base_configs=bases, metric_keys=sorted(logged), notes=notes)
+                     base_configs=bases, metric_keys=sorted(logged), notes=notes, artifact_uris=artifact_uris)

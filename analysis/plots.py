@@ -29,6 +29,7 @@ PAPER_RC: dict[str, Any] = {
     "legend.frameon": False, "savefig.dpi": 200, "savefig.bbox": "tight", "pdf.fonttype": 42, "ps.fonttype": 42,
 }
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")
+MAX_LEGEND_SIZES = 12
 SETTING_SHADES = ("0.25", "0.55", "0.8", "0.4", "0.7", "0.15")
 SETTING_HATCHES = ("", "//", "..", "xx", "\\\\", "--")
 AXIS_LABELS = {
@@ -53,11 +54,19 @@ class Style:
         return self.patch_markers.get(fmt_value(patch), "o")
 
     def legend_handles(self, sizes: Sequence[Any] | None = None, patches: Sequence[Any] | None = None) -> list[Line2D]:
+        """One entry per size (at most `MAX_LEGEND_SIZES`, spread evenly from the smallest to the largest, with
+        a line saying how many there are: a study of 250 widths got a legend taller than the figure, which
+        squeezed the axes to nothing and was most of the figure's drawing time) and one per patch size."""
         wanted_sizes = None if sizes is None else {str(s) for s in sizes}
         wanted_patches = None if patches is None else {fmt_value(p) for p in patches}
         sizes = [s for s in self.size_colors if wanted_sizes is None or s in wanted_sizes]
         patches = [p for p in self.patch_markers if wanted_patches is None or p in wanted_patches]
-        handles = [Line2D([], [], color=self.color(s), marker="o", linestyle="-", label=s) for s in sizes]
+        shown = sizes
+        if len(sizes) > MAX_LEGEND_SIZES:
+            shown = [sizes[i] for i in np.unique(np.linspace(0, len(sizes) - 1, MAX_LEGEND_SIZES).round().astype(int))]
+        handles = [Line2D([], [], color=self.color(s), marker="o", linestyle="-", label=s) for s in shown]
+        if len(shown) < len(sizes):
+            handles.append(Line2D([], [], linestyle="", label=f"({len(shown)} of {len(sizes)} sizes shown)"))
         if len(patches) > 1 or (patches and patches[0] != "—"):
             handles += [Line2D([], [], color="0.3", marker=self.marker(p), linestyle="", label=f"patch {p}")
                         for p in patches]
@@ -105,15 +114,35 @@ def _log_y_ok(values: pd.Series | np.ndarray) -> bool:
     return len(v) > 0 and bool((v > 0).all())
 
 
+def _scatter_by_marker(ax: Any, points: pd.DataFrame, x: str, y: str, style: Style, **kwargs: Any) -> None:
+    """Each point in its size's colour with its patch size's marker: one scatter per marker rather than one
+    per (size, patch) group, which cost a drawn collection each in every saved file."""
+    for patch, group in points.groupby(points["patch"].map(fmt_value), sort=True):
+        ax.scatter(group[x], group[y], c=[style.color(s) for s in group["size"].astype(str)],
+                   marker=style.marker(patch), **kwargs)
+
+
+def _curves(ax: Any, rows: pd.DataFrame, x: str, y: str, style: Style, **kwargs: Any) -> None:
+    """One line per run (rows sorted along x) in its size's colour, drawn as one LineCollection: a thousand
+    Line2D artists cost seconds to save; the collection draws the same lines in a fraction of it."""
+    from matplotlib.collections import LineCollection
+
+    segments, colors = [], []
+    for _, run in rows.groupby("run_id", sort=False):
+        segments.append(np.column_stack([run[x].to_numpy(float), run[y].to_numpy(float)]))
+        colors.append(style.color(run["size"].iloc[0]))
+    if segments:
+        ax.add_collection(LineCollection(segments, colors=colors, **kwargs))
+        ax.autoscale_view()
+
+
 def plot_scaling(points: pd.DataFrame, x: str, metric: str, fits: Sequence[Fit], style: Style, stem: Path,
                  band_fits: Sequence[Fit] = (), title: str | None = None) -> list[Path]:
     """Metric against a compute axis, one point per trial, each fit as a line, CI bands for `band_fits`."""
     with matplotlib.rc_context(PAPER_RC):
         fig = Figure(figsize=(3.6, 2.8), layout="constrained")
         ax = fig.add_subplot()
-        for (size, patch), group in points.groupby([points["size"].astype(str), points["patch"].map(fmt_value)]):
-            ax.scatter(group[x], group["metric_value"], color=style.color(size), marker=style.marker(patch),
-                       s=18, zorder=3, edgecolors="white", linewidths=0.4)
+        _scatter_by_marker(ax, points, x, "metric_value", style, s=18, zorder=3, edgecolors="white", linewidths=0.4)
         dashes = ("-", "--", ":", "-.")
         for i, fit in enumerate(fits):
             grid = np.geomspace(fit.x_range[0] / 1.3, fit.x_range[1] * 1.3, 200)
@@ -157,12 +186,10 @@ def plot_compute_curves(points: pd.DataFrame, frontier: pd.DataFrame, metric: st
         fig = Figure(figsize=(3.8, 2.9), layout="constrained")
         ax = fig.add_subplot()
         pts = points[points["train_flops"] > 0]
-        for _, run in pts.groupby("run_id", sort=False):
-            run = run.sort_values("train_flops")
-            first = run.iloc[0]
-            ax.plot(run["train_flops"], run["value"], color=style.color(first["size"]), linewidth=0.8, alpha=0.8)
-            ax.scatter(run["train_flops"].iloc[-1:], run["value"].iloc[-1:], color=style.color(first["size"]),
-                       marker=style.marker(first["patch"]), s=14, zorder=3)
+        ordered = pts.sort_values("train_flops", kind="stable")
+        _curves(ax, ordered, "train_flops", "value", style, linewidth=0.8, alpha=0.8)
+        _scatter_by_marker(ax, ordered.groupby("run_id", sort=False).tail(1), "train_flops", "value", style, s=14,
+                           zorder=3)
         if not frontier.empty:
             xs = list(frontier["train_flops"]) + [pts["train_flops"].max()]
             ys = list(frontier["value"]) + [frontier["value"].iloc[-1]]
@@ -218,11 +245,11 @@ def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, keys: Sequ
         axes = fig.subplots(1, len(keys), squeeze=False)[0]
         for ax, key in zip(axes, keys):
             rows = history[(history["key"] == key) & history["run_id"].isin(labels.index)]
-            for run_id, run in rows.groupby("run_id", sort=False):
-                run = run.sort_values("step")
-                info = labels.loc[run_id]
-                ax.plot(run["step"], run["value"], color=style.color(info["size"]), linewidth=0.8, alpha=0.85,
-                        marker=style.marker(info["patch"]) if len(run) <= 30 else None, markersize=2.5)
+            rows = rows.join(labels[["size", "patch"]], on="run_id").sort_values("step", kind="stable")
+            _curves(ax, rows, "step", "value", style, linewidth=0.8, alpha=0.85)
+            short = rows.groupby("run_id", sort=False)["step"].transform("size") <= 30
+            _scatter_by_marker(ax, rows[short], "step", "value", style, s=2.5 ** 2, alpha=0.85, edgecolors="face",
+                               linewidths=matplotlib.rcParams["lines.markeredgewidth"])  # as a line's markers
             if key.startswith(("fd", "fid", "kid")) and _log_y_ok(rows["value"]):
                 ax.set_yscale("log")
                 _log_axis(ax.yaxis)

@@ -20,7 +20,7 @@ from analysis.ablation import AblationTable, ablation_table, baseline_value, det
 from analysis.fit import Fit, json_safe
 from analysis.frontier import compute_frontier, eval_points, frontier_segments
 from analysis.isoflop import BUDGET_KEY, IsoflopSection, is_isoflop, isoflop_section
-from analysis.load import StudyData, open_client, quiet_artifacts
+from analysis.load import StudyData, download_run_artifact, open_client, quiet_artifacts
 from analysis.plots import (axis_label, make_style, plot_ablation, plot_block_util,
                             plot_compute_curves, plot_scaling, plot_training_curves, sample_collage)
 from analysis.predict import Prediction, held_out_prediction, prediction_markdown, prediction_section
@@ -127,15 +127,10 @@ def _trial_labels(trials: pd.DataFrame, switches: list[str]) -> list[str]:
 
 def _sample_entries(data: StudyData, trials: pd.DataFrame, folder: Path, switches: list[str]) -> list[tuple[str, str, Path]]:
     """Download each trial's samples/final.png; (label, size, local path) in size order."""
-    client = open_client(data.tracking_uri)
     entries = []
     for _, row in trials.sort_values(["size_rank", "patch", *switches], kind="stable").iterrows():
-        try:
-            names = [a.path for a in client.list_artifacts(row["run_id"], "samples")]
-            if "samples/final.png" not in names:
-                continue
-            local = client.download_artifacts(row["run_id"], "samples/final.png", str(folder / row["run_id"]))
-        except Exception:  # unreachable artifact store: the collage just lacks this trial
+        local = download_run_artifact(data, row["run_id"], "samples/final.png", folder / row["run_id"])
+        if local is None:  # none logged, or an unreachable artifact store: the collage just lacks this trial
             continue
         parts = [str(row["size"])]
         if pd.notna(row.get("patch")):

@@ -366,6 +366,19 @@ def test_gat_against_dit_is_a_switch_and_sizes_are_shared(store: str) -> None:
     assert np.allclose(table.cells[table.cells["value"] == "dit"]["delta_pct"], 30.0)
 
 
+def test_a_legend_lists_at_most_twelve_of_many_sizes() -> None:
+    """40 model sizes: the legend spreads 12 of them from the smallest to the largest and says how many there are
+    (one entry each made it taller than the figure); a few sizes are all listed."""
+    from analysis.plots import make_style
+
+    trials = pd.DataFrame({"size": [f"w{32 + 4 * i}-d4" for i in range(40)], "size_rank": range(40), "patch": 2})
+    labels = [h.get_label() for h in make_style(trials).legend_handles(trials["size"], trials["patch"])]
+    assert len(labels) == 14 and labels[0] == "w32-d4" and labels[11] == "w188-d4"
+    assert labels[12:] == ["(12 of 40 sizes shown)", "patch 2"]
+    few = trials.iloc[:12]
+    assert [h.get_label() for h in make_style(few).legend_handles(few["size"], [])] == list(few["size"])
+
+
 # --- the command ------------------------------------------------------------------------------
 def test_analyze_writes_fits_tables_plots_report_and_logs_them(store: str, tmp_path: Path) -> None:
     out = tmp_path / "analysis"
