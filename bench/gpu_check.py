@@ -7,7 +7,7 @@ Steps, in the order they run, each recording its result or its error (a failing 
 others; the file is rewritten after every step, so even a run killed half-way leaves what it measured):
 
 1. `matmul_peak`: dense bf16 matmul FLOP/s (8192^2 products, `bench.common.matmul_peak`): the reference.
-2. `mfu_gat_b2`: a full GAT-B/2 training iteration (`Trainer.iteration`: D step with approximated R1/R2,
+2. `mfu_gat_b2`: a full GAT-B/2 training iteration (`GANTrainer.iteration`: D step with approximated R1/R2,
    G step, MNG K=4, the official DiffAugment policy, EMA) at batch 64 under bf16 autocast, on 32x32x4
    latents (the paper's ImageNet-256 setting; 1000 classes; seeded shapes encoded by a small random VAE,
    as the tests do: the latents' values do not change the cost), eager and with every block compiled
@@ -245,14 +245,14 @@ def step_mfu(ctx: Context) -> dict[str, Any]:
     import torch
 
     from gat_core.flop_counter import count_flops
-    from gat_core.train import Trainer
+    from gat_core.gan_trainer import GANTrainer
 
     s = ctx.sizes
     if ctx.peak is None:
         raise RuntimeError("no matmul peak: the matmul_peak step failed or did not run")
     with compile_backend(s.compile_backend):
-        eager = Trainer(gan_trial(ctx, s.mfu_model, s.mfu_batch), ctx.tmp / "mfu-eager")
-        compiled = Trainer(gan_trial(ctx, s.mfu_model, s.mfu_batch, compile_blocks=True), ctx.tmp / "mfu-compiled")
+        eager = GANTrainer(gan_trial(ctx, s.mfu_model, s.mfu_batch), ctx.tmp / "mfu-eager")
+        compiled = GANTrainer(gan_trial(ctx, s.mfu_model, s.mfu_batch, compile_blocks=True), ctx.tmp / "mfu-compiled")
         trainers = {"eager": eager, "compiled": compiled}
         warmup = {"eager": [timed(eager.iteration, s.device) for _ in range(s.mfu_warmup)]}
         flops = count_flops(eager.iteration)  # one model, counted eagerly: it applies to both variants
@@ -320,14 +320,14 @@ def largest_batch(fit: Callable[[int], dict[str, Any]], start: int, cap: int, se
 
 def step_xl(ctx: Context) -> dict[str, Any]:
     from gat_core.latents import LatentSampler
-    from gat_core.train import Trainer
+    from gat_core.gan_trainer import GANTrainer
 
     s = ctx.sizes
     out: dict[str, Any] = {"model": s.xl_model, "precision": "bf16 autocast", "matmul_peak": ctx.peak}
     for name, checkpointing in (("without_checkpointing", False), ("with_checkpointing", True)):
         # the first search gets half of what is left, the second the rest
         seconds = (ctx.deadline - time.perf_counter()) / (2 if not checkpointing else 1)
-        trainer = Trainer(gan_trial(ctx, s.xl_model, s.xl_start, grad_checkpoint=checkpointing),
+        trainer = GANTrainer(gan_trial(ctx, s.xl_model, s.xl_start, grad_checkpoint=checkpointing),
                           ctx.tmp / f"xl-{name}")
         macs = trainer.cost.macs_per_sample_iter
         out["params"] = sum(p.numel() for p in [*trainer.G.parameters(), *trainer.D.parameters()])

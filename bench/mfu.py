@@ -4,7 +4,7 @@ MFU = (FLOPs of one iteration, counted by FlopCounterMode with the CPU attention
 2 per MAC) / (seconds per iteration) / (dense matmul FLOP/s of the same dtype, 2048^3).
 Model: width 256, depth 8, 64 tokens (16x16 input, patch 2), batch 64, D the same size,
 MNG K=4, approximated R1/R2, the official DiffAugment policy (colour, translation, cutout, flip) --
-the whole D step + G step + EMA (`Trainer.iteration`).
+the whole D step + G step + EMA (`GANTrainer.iteration`).
 
 Variants: fp32 eager, fp32 without augmentation (what the augmentation costs), fp32 with every
 transformer block compiled (`train.compile: true`; the
@@ -66,7 +66,7 @@ def main() -> None:
     import torch
 
     from gat_core.flop_counter import count_flops
-    from gat_core.train import Trainer
+    from gat_core.gan_trainer import GANTrainer
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,11 +74,11 @@ def main() -> None:
         trainers, results = {}, {}
         for name in names:
             precision, compile_blocks, augment = VARIANTS[name]
-            trainer = Trainer(trial(precision, args.batch, compile_blocks, augment), Path(tmp) / name)
+            trainer = GANTrainer(trial(precision, args.batch, compile_blocks, augment), Path(tmp) / name)
             warmup = [timed(trainer.iteration) for _ in range(args.warmup)]
             analytic = 2 * trainer.cost.macs_per_sample_iter * args.batch
             # a compiled variant runs the same model: it is counted in eager mode, on an eager twin
-            counted = count_flops((Trainer(trial(precision, args.batch, augment=augment), Path(tmp) / f"{name}_eager")
+            counted = count_flops((GANTrainer(trial(precision, args.batch, augment=augment), Path(tmp) / f"{name}_eager")
                                    if compile_blocks else trainer).iteration)
             trainers[name] = trainer
             results[name] = {"flops_per_iteration": counted, "analytic_flops": analytic, "warmup_seconds": warmup,

@@ -26,7 +26,7 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
 
     from gat_core.config import TrialConfig
-    from gat_core.train import Trainer
+    from gat_core.gan_trainer import GANTrainer
     from orchestrator.tracking import TrialLogger
 
     torch.set_num_threads(1)
@@ -39,7 +39,7 @@ def main() -> None:
         exp = client.create_experiment("bench", artifact_location=Path(tmp, "art").as_uri())
 
         def timed(with_logging: bool) -> float:
-            trainer = Trainer(cfg, Path(tmp) / "w", cache_dir=Path(tmp) / "cache")
+            trainer = GANTrainer(cfg, Path(tmp) / "w", cache_dir=Path(tmp) / "cache")
             logger = TrialLogger(client.tracking_uri, client.create_run(exp).info.run_id) if with_logging else None
             trainer.iteration()  # warm-up
             start = time.perf_counter()

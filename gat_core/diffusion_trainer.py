@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from gat_core.config import TrialConfig
+from gat_core.config import DiffusionConfig, TrialConfig
 from gat_core.flops import TrialCost, dit_forward_macs, dit_trial_cost, sampling_macs
 from gat_core.models.dit import DiTDenoiser, drop_labels
 from gat_core.objectives.diffusion import ddpm_scheduler, diffusion_loss, sample
-from gat_core.trial import TrialBase, ema_update, score_samples
+from gat_core.sampler import Decode, Sampler, identity
+from gat_core.trial import TrialBase, ema_update, width_scaled_lr
 
 EVAL_NOISE_SEED = 4321  # every evaluation (and every NFE) starts from the same noise
 
@@ -36,9 +37,46 @@ def build_denoiser(cfg: TrialConfig, num_classes: int) -> DiTDenoiser:
                        width=m.width, depth=m.depth, heads=m.heads, num_classes=num_classes)
 
 
-def diffusion_learning_rate(cfg: TrialConfig) -> float:
-    t = cfg.train
-    return t.lr if t.lr_rule == "constant" else t.lr * t.lr_base_width / cfg.model.width
+class DiTSampler(Sampler):
+    """The EMA denoiser under the configured sampler (`train.diffusion`, or the settings a model file carries):
+    `nfe` steps (default `sample_steps`), x 2 network evaluations per step with classifier-free guidance.
+
+    In pixel space (data in [-1, 1]) the ddim/ddpm samplers clip the predicted clean image, as
+    ADM does for pixel models; in latent space nothing is clipped (DiT).
+    """
+
+    family, WEIGHTS_KEY = "dit", "ema"
+
+    def __init__(self, cfg: TrialConfig, net: DiTDenoiser, num_classes: int, device: torch.device,
+                 decode: Decode = identity, diffusion: DiffusionConfig | None = None,
+                 truncation: float | None = None) -> None:
+        if truncation:
+            raise ValueError("truncation: applies to GAN generators; this is a diffusion model")
+        super().__init__(cfg, net, num_classes, device, decode)
+        self.diff = diffusion or cfg.train.diffusion
+        self.clip_sample = cfg.dataset.latents is None
+        d, m = cfg.dataset, cfg.model
+        self.forward_macs = dit_forward_macs(d.model_channels, d.model_resolution, m.patch_size, m.width, m.depth)
+
+    @staticmethod
+    def build(cfg: TrialConfig, num_classes: int) -> DiTDenoiser:
+        return build_denoiser(cfg, num_classes)
+
+    @classmethod
+    def options_of(cls, cfg: TrialConfig, state: dict) -> dict:
+        return {"diffusion": cfg.train.diffusion.model_copy(update=state.get("diffusion", {}))}
+
+    def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None,
+                 nfe: int | None = None) -> torch.Tensor:
+        d = self.diff
+        return sample(self.net, labels, nfe or d.sample_steps, d.objective, d.sampler, d.guidance, generator,
+                      d.num_train_timesteps, clip_sample=self.clip_sample)
+
+    def sample_gflops(self, nfe: int | None = None) -> float:
+        return sampling_macs(self.forward_macs, nfe or self.diff.sample_steps, self.diff.guidance) / 1e9
+
+    def model_extras(self) -> dict:
+        return {"family": "dit", "diffusion": self.diff.model_dump()}
 
 
 class DiffusionTrainer(TrialBase):
@@ -55,15 +93,14 @@ class DiffusionTrainer(TrialBase):
         if t.grad_checkpoint:
             self.model.enable_grad_checkpoint()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.model_sampler = DiTSampler(cfg, self.ema, num_classes, self.device, self.decode)
         if t.compile:
             for block in self.model.net.transformer_blocks:
                 block.compile()
-        self.lr = diffusion_learning_rate(cfg)
+        self.lr = width_scaled_lr(cfg, cfg.model.width)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, betas=(t.beta1, t.beta2), eps=1e-8,
                                      weight_decay=0.0)
         self.scheduler = ddpm_scheduler(self.diff.num_train_timesteps)
-        self.forward_macs = dit_forward_macs(self.model.channels, self.model.resolution, self.model.patch_size,
-                                             self.model.width, self.model.depth)
         self.step = 0
 
     # --- the method -------------------------------------------------------------------------
@@ -84,36 +121,22 @@ class DiffusionTrainer(TrialBase):
         return {"lr": self.opt.param_groups[0]["lr"]}
 
     # --- sampling and evaluation ----------------------------------------------------------------
-    def sample_gflops(self, nfe: int) -> float:
-        """Sampling GMACs per image at `nfe` steps (x 2 with guidance)."""
-        return sampling_macs(self.forward_macs, nfe, self.diff.guidance) / 1e9
-
     def sample(self, labels: torch.Tensor, nfe: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """EMA-model samples in the training space after `nfe` steps of the configured sampler.
+        """EMA-model samples in the training space after `nfe` steps of the configured sampler."""
+        return self.model_sampler.generate(labels, generator, nfe)
 
-        In pixel space (data in [-1, 1]) the ddim/ddpm samplers clip the predicted clean image, as
-        ADM does for pixel models; in latent space nothing is clipped (DiT).
-        """
-        return sample(self.ema, labels, nfe, self.diff.objective, self.diff.sampler, self.diff.guidance, generator,
-                      self.diff.num_train_timesteps, clip_sample=self.latent is None)
+    def eval_noise(self) -> torch.Generator:
+        return torch.Generator().manual_seed(EVAL_NOISE_SEED)
 
-    def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """`train.diffusion.sample_steps` NFE of the EMA model."""
-        return self.sample(labels, self.diff.sample_steps, generator)
+    def eval_extras(self) -> dict[str, float]:
+        """What sampling one image costs at `sample_steps` NFE."""
+        nfe = self.diff.sample_steps
+        return {"sample_gflops": self.model_sampler.sample_gflops(nfe), "sample_nfe": float(nfe)}
 
     def quality_at(self, num_samples: int, nfe: int) -> float:
         """The metric at `nfe` sampling steps; the same labels (metric seed) and noise at every NFE."""
-        noise = torch.Generator().manual_seed(EVAL_NOISE_SEED)
+        noise = self.eval_noise()
         return self.quality(num_samples, lambda labels: self.sample(labels, nfe, noise))
-
-    @torch.no_grad()
-    def evaluate(self, num_samples: int) -> dict[str, float]:
-        """The metric at `sample_steps` NFE and what sampling one image costs."""
-        nfe, e = self.diff.sample_steps, self.cfg.eval
-        noise = torch.Generator().manual_seed(EVAL_NOISE_SEED)
-        metrics = e.final_metrics if self.step >= self.total_steps else e.interval_metrics  # extras at the end only
-        return {**score_samples(self, num_samples, metrics, lambda labels: self.sample(labels, nfe, noise)),
-                "sample_gflops": self.sample_gflops(nfe), "sample_nfe": float(nfe)}
 
     @torch.no_grad()
     def final_evaluate(self, num_samples: int) -> dict[str, float]:
@@ -122,23 +145,19 @@ class DiffusionTrainer(TrialBase):
         out = self.evaluate(num_samples)
         for k in self.diff.eval_nfe:
             out[f"{metric}_nfe{k}"] = out[metric] if k == main else self.quality_at(num_samples, k)
-            out[f"sample_gflops_nfe{k}"] = self.sample_gflops(k)
+            out[f"sample_gflops_nfe{k}"] = self.model_sampler.sample_gflops(k)
         return out
 
     # --- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {**self.progress_state(), "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+        return {**self.progress_state(), "model": self.model.state_dict(), **self.model_sampler.weights(),
                 "opt": self.opt.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
+        self.ema.load_state_dict(state[DiTSampler.WEIGHTS_KEY])
         self.opt.load_state_dict(state["opt"])
         self.load_progress_state(state)
 
     def networks(self) -> list[torch.nn.Module]:
         return [self.model, self.ema]
-
-    def model_state(self) -> dict:
-        """The EMA denoiser and how to sample it (objective, sampler, steps, guidance)."""
-        return {"ema": self.ema.state_dict(), "family": "dit", "diffusion": self.diff.model_dump()}

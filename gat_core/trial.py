@@ -1,9 +1,10 @@
-"""What every kind of trial shares: device and precision, data (pixels or latents), the
-quality metric, sample grids, checkpoints and compute bookkeeping.
+"""The trainer protocol: what every kind of trial shares (device and precision, data in pixels or
+latents, the quality metric, sample grids, checkpoints, compute bookkeeping) and the methods each
+family overrides (`iteration`, its sampler, its evaluation extras, its state).
 
-`gat_core.train.Trainer` (the GAN) and `gat_core.diffusion_trainer.DiffusionTrainer`
-(the DiT baseline) build on it, so both families see the same data, the same metric
-and the same compute accounting.
+`gat_core.gan_trainer.GANTrainer` (the GAN) and `gat_core.diffusion_trainer.DiffusionTrainer`
+(the DiT baseline) implement it, so both families see the same data, the same metric and the
+same compute accounting; `gat_core.loop` runs any of them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from gat_core import checkpoint as ckpt
 from gat_core.config import TrialConfig
 from gat_core.data import BatchSampler, load_dataset
 from gat_core.distributed import DataParallel
-from gat_core.latents import LatentData, LatentDecoder, LatentSampler, load_latents
+from gat_core.latents import LatentData, LatentSampler, load_latents
 from gat_core.metrics.evaluator import build_evaluator
+from gat_core.sampler import Sampler, latent_decoder
 from gat_core.samples import save_sample_grid
 
 KEEP_CHECKPOINTS = 2
@@ -35,6 +37,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def width_scaled_lr(cfg: TrialConfig, width: int) -> float:
+    """The learning rate of a network of `width`: `train.lr`, or with the width rule lr * lr_base_width / width."""
+    t = cfg.train
+    return t.lr if t.lr_rule == "constant" else t.lr * t.lr_base_width / width
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """Parameters move toward the model by (1 - decay); buffers are copied."""
@@ -45,18 +53,13 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 def score_samples(trial: "TrialBase", num_samples: int, metrics: list[str],
                   generate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
-    """`metrics` of `num_samples` decoded samples of `generate` (default: the trial's sampler, truncated by
-    eval.truncation for GANs), one generation pass, labels from a fixed seed; includes `eval_samples`.
+    """`metrics` of `num_samples` decoded samples of `generate` (default: the trial's sampler), one generation
+    pass, labels from a fixed seed; includes `eval_samples`.
 
     Needs `trial.prepare_eval()` first (it builds `trial.evaluator` for eval.metric and eval.extra_metrics).
     """
     e = trial.cfg.eval
-
-    def truncated(labels: torch.Tensor) -> torch.Tensor:  # Trainer.generate with psi
-        g_ema = trial.G_ema
-        return g_ema(torch.randn(labels.shape[0], g_ema.z_dim).to(trial.device), labels, e.truncation)
-
-    sample = generate or (truncated if e.truncation and hasattr(trial, "G_ema") else trial.generate)
+    sample = generate or trial.generate
 
     def images(labels: torch.Tensor) -> torch.Tensor:
         with trial.autocast():
@@ -66,10 +69,13 @@ def score_samples(trial: "TrialBase", num_samples: int, metrics: list[str],
 
 
 class TrialBase(ABC):
-    """State and services shared by the trainers; subclasses add the networks and `iteration()`."""
+    """State and services shared by the trainers; subclasses add the networks, `iteration()` and
+    `model_sampler` (the `gat_core.sampler.Sampler` of their EMA network, which evaluations,
+    sample grids and the model file go through)."""
 
     total_steps: int
     step: int = 0
+    model_sampler: Sampler
 
     def __init__(self, cfg: TrialConfig, workdir: Path, cache_dir: Path | None = None) -> None:
         self.cfg, self.workdir = cfg, Path(workdir)
@@ -98,8 +104,7 @@ class TrialBase(ABC):
                              "metrics need; encode it again with --keep-images")
         self.dataset = self.latent.pixels
         self.sampler = LatentSampler(self.latent, t.batch_size, seed=t.seed, device=self.device, shard=self.dp.shard)
-        self.decode = LatentDecoder(self.cfg.eval.vae or self.latent.meta["vae"], self.latent.scaling_factor,
-                                    self.device, out_channels=self.dataset.channels)
+        self.decode = latent_decoder(self.latent, self.cfg.eval.vae, self.device, self.dataset.channels)
 
     def probe_reals(self, n: int) -> torch.Tensor:
         """The first n training inputs (posterior means in latent space), for diagnostics."""
@@ -150,16 +155,29 @@ class TrialBase(ABC):
         cache cold (and trains the classifier) draws the same noise as the ones that find it warm.
         """
         e = self.cfg.eval
-        if e.truncation and not hasattr(self, "G_ema"):
+        if e.truncation and not self.model_sampler.truncates:
             raise ValueError("eval.truncation: truncation applies to GAN generators (G_ema); this trial has none")
         cuda = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             self.evaluator, accuracy = build_evaluator(e, self.dataset, self.cache_dir, device=self.device)
         return accuracy
 
-    @abstractmethod
+    @property
+    def is_final(self) -> bool:
+        """Whether an evaluation now is the final one (the trial's last step): it scores the extra metrics too."""
+        return self.step >= self.total_steps
+
     def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Samples of the evaluated model in the training space (pixels or latents)."""
+        return self.model_sampler.generate(labels, generator)
+
+    def eval_noise(self) -> torch.Generator | None:
+        """The noise generator of an evaluation (None: the global stream)."""
+        return None
+
+    def eval_extras(self) -> dict[str, float]:
+        """What an evaluation reports beside its scores (the sampler's settings, e.g. a GAN's truncation psi)."""
+        return self.model_sampler.eval_settings()
 
     @torch.no_grad()
     def quality(self, num_samples: int, generate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
@@ -170,14 +188,13 @@ class TrialBase(ABC):
 
     @torch.no_grad()
     def evaluate(self, num_samples: int) -> dict[str, float]:
-        """`{eval.metric: value, eval.diversity_metric: value, "eval_samples": n}`, plus `eval.extra_metrics` at the final evaluation (the
-        trial's last step), scored on the same samples; GAN trials also log their truncation psi (`eval_truncation`)."""
-        e = self.cfg.eval
-        final = self.step >= self.total_steps
-        out = score_samples(self, num_samples, e.final_metrics if final else e.interval_metrics)
-        if hasattr(self, "G_ema"):
-            out["eval_truncation"] = float(e.truncation)
-        return out
+        """`{eval.metric: value, eval.diversity_metric: value, "eval_samples": n}`, plus `eval.extra_metrics` at the
+        final evaluation (`is_final`), scored on the same samples, plus `eval_extras()` (GAN trials: their truncation
+        psi `eval_truncation`; DiT trials: the sampling cost)."""
+        e, noise = self.cfg.eval, self.eval_noise()
+        out = score_samples(self, num_samples, e.final_metrics if self.is_final else e.interval_metrics,
+                            lambda labels: self.generate(labels, noise))
+        return {**out, **self.eval_extras()}
 
     def final_evaluate(self, num_samples: int) -> dict[str, float]:
         return self.evaluate(num_samples)
@@ -224,14 +241,9 @@ class TrialBase(ABC):
     def networks(self) -> list[nn.Module]:
         """The trained networks (what data-parallel workers must keep identical)."""
 
-    @abstractmethod
-    def model_state(self) -> dict:
-        """What sampling needs (EMA weights), saved as the trial's model file."""
-
     def save_model(self) -> Path:
-        state = ckpt.stamp({"step": self.step, "config": self.cfg.model_dump_json(),
-                            "num_classes": self.dataset.num_classes, **self.model_state()})
-        return ckpt.save_atomic(state, self.workdir / MODEL_FILE)
+        """The trial's model file: what its sampler needs (`Sampler.model_file`)."""
+        return ckpt.save_atomic(self.model_sampler.model_file(self.step), self.workdir / MODEL_FILE)
 
     def train_flops(self) -> float:
         """Cumulative training compute so far, MACs."""

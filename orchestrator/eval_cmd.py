@@ -1,14 +1,14 @@
 """`gat-study eval MODEL_FILE --metric ...` and `gat-study ref-stats DATASET --extractor ...`.
 
-`evaluate_checkpoint` scores the model file a trial writes at its end (`final_model.pt`: the trial
-config as JSON, the class count and the EMA weights) on any metrics (`fid`, `fd_dinov2`,
-`fd_classifier`, `kid_<x>`, `precision_<x>`, `recall_<x>`, `fid_inf`, ...), with the same sampling,
-decoding and label seed as the trial's own evaluation.  Supported model files:
+`evaluate_checkpoint` scores the model file a trial writes at its end (`final_model.pt`, read by
+`gat_core.sampler.read_model_file`) on any metrics (`fid`, `fd_dinov2`, `fd_classifier`, `kid_<x>`,
+`precision_<x>`, `recall_<x>`, `fid_inf`, ...), with the same sampler (`gat_core.families`), decoding
+and label seed as the trial's own evaluation:
 
-- GAN trials (`G_ema`), pixel or latent space, with optional truncation psi;
-- DiT trials (`ema`, `family: dit`), pixel or latent space, at the trial's `sample_steps` or `nfe`.
+- GAN trials, pixel or latent space, with optional truncation psi;
+- DiT trials, pixel or latent space, at the trial's `sample_steps` or `nfe`.
 
-Training checkpoints (`checkpoints/ckpt-*.pt`) hold `G_ema` / `ema` too and are accepted as well.
+Training checkpoints (`checkpoints/ckpt-*.pt`) hold the EMA weights too and are accepted as well.
 Latent-space trials need the encoded latents folder of their config (for the VAE scaling factor
 and the reference images) and the VAE (`eval.vae` or the encoder's).
 
@@ -22,13 +22,9 @@ import argparse
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from gat_core.config import DATASET_NAMES, DataConfig, EvalConfig, TrialConfig
+from gat_core.config import DATASET_NAMES, DataConfig, EvalConfig
 from gat_core.metrics.names import extractors_of, parse_metric
-
-if TYPE_CHECKING:
-    import torch
 
 DEFAULT_CACHE = Path(".gat-study-cache")  # torch is imported by the commands, not by the CLI's parser
 
@@ -40,43 +36,6 @@ def _eval_config(base: EvalConfig, metrics: list[str], **overrides) -> EvalConfi
     return base.model_copy(update={"metric": parse_metric(metrics[0]).name,  # exactly the metrics asked for
                                    "extra_metrics": [parse_metric(m).name for m in metrics[1:]], "diversity": False,
                                    **fields})
-
-
-def _sampler(state: dict, cfg: TrialConfig, num_classes: int, device: torch.device, truncation: float,
-             nfe: int | None, noise: torch.Generator):
-    """labels -> samples in the training space, and whether the model is a GAN."""
-    import torch
-
-    if "G_ema" in state and state.get("family", "gat") != "dit":
-        from gat_core.train import build_networks
-
-        gen, disc = build_networks(cfg, num_classes)
-        del disc
-        gen.load_state_dict(state["G_ema"])
-        gen = gen.to(device).eval().requires_grad_(False)
-
-        def sample(labels: torch.Tensor) -> torch.Tensor:
-            z = torch.randn(labels.shape[0], gen.z_dim, generator=noise).to(device)
-            return gen(z, labels, truncation)
-        return sample, True
-    if "ema" in state:
-        from gat_core.diffusion_trainer import build_denoiser
-        from gat_core.objectives.diffusion import sample as diffusion_sample
-
-        if truncation:
-            raise ValueError("truncation: applies to GAN generators; this is a diffusion model")
-        diff = cfg.train.diffusion.model_copy(update=state.get("diffusion", {}))
-        model = build_denoiser(cfg, num_classes)
-        model.load_state_dict(state["ema"])
-        model = model.to(device).eval().requires_grad_(False)
-        steps = nfe or diff.sample_steps
-        clip = cfg.dataset.latents is None
-
-        def sample(labels: torch.Tensor) -> torch.Tensor:
-            return diffusion_sample(model, labels, steps, diff.objective, diff.sampler, diff.guidance, noise,
-                                    diff.num_train_timesteps, clip_sample=clip)
-        return sample, False
-    raise ValueError("model file: holds neither G_ema (GAN) nor ema (DiT) weights; expected a trial's final_model.pt")
 
 
 def default_cache(model_path: Path) -> Path:
@@ -102,39 +61,26 @@ def evaluate_checkpoint(model_path: Path, metrics: list[str], num_samples: int, 
     """
     import torch
 
-    from gat_core import checkpoint as ckpt
+    from gat_core.families import sampler_from_config
     from gat_core.metrics.evaluator import build_evaluator
+    from gat_core.sampler import identity, read_model_file
 
-    try:
-        state = ckpt.read(Path(model_path), what="model file")
-    except ckpt.CheckpointError as exc:  # a plain ValueError: the CLI prints it as `error: ...`
-        if not Path(model_path).is_file():
-            raise ValueError(str(exc)) from None
-        raise ValueError(f"model file {model_path}: not a gat-study model file (expected a trial's final_model.pt, "
-                         f"written by `gat-study run` under <output_dir>/trials/<trial_id>/; torch could not read "
-                         f"it: {type(exc.__cause__).__name__ if exc.__cause__ else 'unreadable'})") from None
-    if not isinstance(state, dict) or "config" not in state:
-        raise ValueError(f"model file {model_path}: no trial config inside; expected a trial's final_model.pt")
-    try:
-        ckpt.check_format(state, Path(model_path), what="model file")
-    except ckpt.CheckpointError as exc:
-        raise ValueError(str(exc)) from None
-    cfg = TrialConfig.model_validate_json(state["config"])
+    state, cfg = read_model_file(Path(model_path))
     eval_cfg = _eval_config(cfg.eval, list(metrics), inception_weights=inception_weights,
                             dinov2_weights=dinov2_weights, reference_stats=reference_stats, truncation=truncation)
     dev = torch.device(device)
-    decode, dataset = (lambda x: x), None
+    decode, dataset = identity, None
     needed = extractors_of(eval_cfg.final_metrics)
     primary = parse_metric(eval_cfg.metric).extractor
     per_sample = any(parse_metric(m).per_sample for m in eval_cfg.final_metrics)
     need_data = eval_cfg.reference_stats is None or needed != [primary] or "classifier" in needed or per_sample
     if cfg.dataset.latents is not None:
-        from gat_core.latents import LatentDecoder, load_latents
+        from gat_core.latents import load_latents
+        from gat_core.sampler import latent_decoder
 
         latent = load_latents(cfg.dataset.latents)
         dataset = latent.pixels
-        channels = dataset.channels if dataset is not None else cfg.dataset.channels
-        decode = LatentDecoder(eval_cfg.vae or latent.meta["vae"], latent.scaling_factor, dev, out_channels=channels)
+        decode = latent_decoder(latent, eval_cfg.vae, dev, dataset.channels if dataset is not None else cfg.dataset.channels)
     elif need_data:
         from gat_core.data import load_dataset
 
@@ -144,15 +90,14 @@ def evaluate_checkpoint(model_path: Path, metrics: list[str], num_samples: int, 
         raise ValueError(f"model file {model_path}: no class count")
     evaluator, _ = build_evaluator(eval_cfg, dataset, Path(cache_dir or default_cache(model_path)), device=dev)
     noise = torch.Generator().manual_seed(seed + 1)
-    sample, is_gan = _sampler(state, cfg, num_classes, dev, eval_cfg.truncation, nfe, noise)
+    sampler = sampler_from_config(cfg, num_classes, dev, state, decode, truncation=eval_cfg.truncation)
 
     @torch.no_grad()
     def images(labels: torch.Tensor) -> torch.Tensor:
-        return decode(sample(labels.to(dev)).float()).clamp(-1, 1)
+        return sampler.images(labels, noise, nfe)
 
     out = evaluator(images, eval_cfg.final_metrics, num_samples, batch_size, num_classes, seed=seed)
-    if is_gan:
-        out["eval_truncation"] = float(eval_cfg.truncation)
+    out.update(sampler.eval_settings())
     out["step"] = float(state.get("step", 0))
     return out
 

@@ -1,4 +1,4 @@
-"""Run a study on Ray Tune: one Tune trial per grid point, each calling `gat_core.train`.
+"""Run a study on Ray Tune: one Tune trial per grid point, each calling `gat_core.loop.train`.
 
 Resumption is keyed on the trial id (a hash of what the trial learns from,
 `orchestrator.study.identity_items`): trials whose MLflow child run says completed or
@@ -151,9 +151,9 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
     import torch
 
     from gat_core.config import TrialConfig
-    from gat_core.train import TrainEvent
-    from gat_core.train import rescore as rescore_trial
-    from gat_core.train import train
+    from gat_core.loop import TrainEvent
+    from gat_core.loop import rescore as rescore_trial
+    from gat_core.loop import train
 
     torch.set_num_threads(max(1, int(cpus)))
     # a tracking server that is down must not stall training: fail fast, TrialLogger keeps and retries

@@ -1,4 +1,4 @@
-"""Checkpoints and exact resume of the real Trainer on a tiny config (CPU), plus the learning-rate rule."""
+"""Checkpoints and exact resume of the real GANTrainer on a tiny config (CPU), plus the learning-rate rule."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from gat_core import checkpoint as ckpt
 from gat_core.config import DataConfig, ModelConfig, TrainConfig, TrialConfig
-from gat_core.train import Trainer, learning_rates
+from gat_core.gan_trainer import GANTrainer, learning_rates
 
 
 def tiny_config(**train) -> TrialConfig:
@@ -24,7 +24,7 @@ def tiny_config(**train) -> TrialConfig:
     )
 
 
-def _fixed_samples(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+def _fixed_samples(trainer: GANTrainer) -> tuple[torch.Tensor, torch.Tensor]:
     """EMA and raw generator outputs for a fixed z (own generator: does not touch the global RNG)."""
     gen = torch.Generator().manual_seed(42)
     z = torch.randn(6, trainer.G.z_dim, generator=gen)
@@ -39,9 +39,9 @@ def _as_floats(logs: dict[str, torch.Tensor]) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """3 iterations -> checkpoint -> 2 more iterations -> checkpoint, on one uninterrupted Trainer."""
+    """3 iterations -> checkpoint -> 2 more iterations -> checkpoint, on one uninterrupted GANTrainer."""
     workdir = tmp_path_factory.mktemp("run")
-    trainer = Trainer(tiny_config(), workdir)
+    trainer = GANTrainer(tiny_config(), workdir)
     initial = _fixed_samples(trainer)
     first = [_as_floats(trainer.iteration()) for _ in range(3)]
     path3 = trainer.save_checkpoint()
@@ -64,7 +64,7 @@ def test_trainer_iterations_give_finite_logs_and_change_the_generator(run: dict)
 
 
 def test_resume_from_checkpoint_is_exact(run: dict, tmp_path: Path) -> None:
-    fresh = Trainer(tiny_config(), tmp_path)
+    fresh = GANTrainer(tiny_config(), tmp_path)
     before = _fixed_samples(fresh)
     assert (before[0] - run["after3"][0]).abs().max() > 0  # loading must matter
     state = ckpt.load(run["path3"])
@@ -86,7 +86,7 @@ def test_resume_from_checkpoint_is_exact(run: dict, tmp_path: Path) -> None:
 
 def test_resume_without_optimiser_state_diverges_from_the_reference(run: dict, tmp_path: Path) -> None:
     """Control for the exact-resume test: dropping Adam's second moments is detectable in the losses."""
-    fresh = Trainer(tiny_config(), tmp_path)
+    fresh = GANTrainer(tiny_config(), tmp_path)
     state = ckpt.load(run["path3"])
     state["opt_g"] = fresh.opt_g.state_dict()
     state["opt_d"] = fresh.opt_d.state_dict()
@@ -218,7 +218,7 @@ def test_constant_rule_gives_the_base_lr_to_both() -> None:
 
 
 def test_trainer_optimisers_use_the_rule_and_the_spec_adam_settings(run: dict) -> None:
-    trainer: Trainer = run["trainer"]
+    trainer: GANTrainer = run["trainer"]
     lr_g, lr_d = learning_rates(trainer.cfg)
     assert lr_g == pytest.approx(2e-4 * 768 / 32)
     for opt, lr in ((trainer.opt_g, lr_g), (trainer.opt_d, lr_d)):

@@ -96,7 +96,7 @@ def _trial_config(family: str) -> TrialConfig:
 
 
 def _train_worker(rank: int, store: str, workdir: str, family: str) -> None:
-    from gat_core.train import train
+    from gat_core.loop import train
 
     _init(rank, store)
     events = []

@@ -29,7 +29,7 @@ from gat_core.flops import (
 )
 from gat_core.models.dit import DiTDenoiser, drop_labels
 from gat_core.objectives.diffusion import diffusion_loss, make_sampler, sample
-from gat_core.train import TrainEvent, train
+from gat_core.loop import TrainEvent, train
 
 TOLERANCE = 0.02  # required agreement with FlopCounterMode / 2; the counts currently agree exactly
 NUM_CLASSES = 4

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gat_core.config import TrialConfig
-from gat_core.train import train
+from gat_core.loop import train
 from orchestrator.eval_cmd import evaluate_checkpoint
 from tests.conftest import tiny_study
 

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from gat_core.config import DataConfig, EvalConfig, TrialConfig
 from gat_core.metrics import RunningStats, fd_of_generator, frechet_distance
 from gat_core.metrics.names import parse_metric
-from gat_core.train import TrainEvent, Trainer, train
+from gat_core.gan_trainer import GANTrainer
+from gat_core.loop import TrainEvent, train
 from gat_core.weights import DINOV2_ENV, INCEPTION_ENV, missing_weights
 from orchestrator.eval_cmd import evaluate_checkpoint, reference_stats_cmd
 from orchestrator.study import StudyError, load_study
@@ -109,7 +110,7 @@ def test_in_training_evals_score_the_primary_metric_final_adds_the_extras(gan_ru
 
 def test_default_metric_value_unchanged(tmp_path: Path) -> None:
     """The default `fd_classifier` is what the earlier pipeline (fd_of_generator) computed, same samples."""
-    trainer = Trainer(tiny(tmp_path), tmp_path / "t", cache_dir=tmp_path / "cache")
+    trainer = GANTrainer(tiny(tmp_path), tmp_path / "t", cache_dir=tmp_path / "cache")
     trainer.prepare_eval()
     torch.manual_seed(5)
     value = trainer.quality(64)

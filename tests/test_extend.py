@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from gat_core.config import TrialConfig
-from gat_core.train import rescore, train
+from gat_core.loop import rescore, train
 from orchestrator.cli import main
 from orchestrator.runner import run_study, trial_actions
 from orchestrator.study import (NOT_IDENTITY, StudyError, evaluation_items, flatten, identity_items, key_role,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-import gat_core.train as train_module
+from gat_core.gan_trainer import GANTrainer
 from gat_core.config import ModelConfig, TrialConfig
 from gat_core.flop_counter import count_macs
 from gat_core.flops import (
@@ -155,7 +155,7 @@ def test_training_iteration_matches_flop_counter(tmp_path, request, penalty, mng
         "model": {"width": 32, "depth": depth, "heads": 2, "patch_size": 2},
         "train": train,
     })
-    trainer = train_module.Trainer(cfg, tmp_path)
+    trainer = GANTrainer(cfg, tmp_path)
     with sdpa_kernel([SDPBackend.MATH]) if backend == "math" else contextlib.nullcontext():
         measured = count_macs(trainer.iteration)
     g = generator_cost(cfg.model, 16, 3, cfg.train.levels)

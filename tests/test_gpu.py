@@ -26,9 +26,9 @@ def _tiny_trial(device: str) -> TrialConfig:
 
 
 def test_bf16_autocast_training_step_on_cuda(tmp_path):
-    from gat_core.train import Trainer
+    from gat_core.gan_trainer import GANTrainer
 
-    trainer = Trainer(_tiny_trial("cuda"), tmp_path)
+    trainer = GANTrainer(_tiny_trial("cuda"), tmp_path)
     assert trainer.device.type == "cuda"
     g0 = [p.detach().clone() for p in trainer.G.parameters()]
     d0 = [p.detach().clone() for p in trainer.D.parameters()]

@@ -12,7 +12,7 @@ import torch
 from gat_core.config import DataConfig, TrialConfig
 from gat_core.data import load_dataset
 from gat_core.latents import encode_dataset, load_latents, read_meta
-from gat_core.train import Trainer
+from gat_core.gan_trainer import GANTrainer
 from gat_core.weights import WeightsNotFound
 from orchestrator.cli import main
 
@@ -159,7 +159,7 @@ def _trial(encoded: Path | None, dino: Path | None) -> TrialConfig:
 def test_trainer_in_latent_space_with_vfm_teacher(encoded, tiny_dinov2, tmp_path):
     cfg = _trial(encoded, tiny_dinov2)
     assert (cfg.dataset.model_channels, cfg.dataset.model_resolution) == (4, 8)
-    trainer = Trainer(cfg, tmp_path, cache_dir=tmp_path / "cache")
+    trainer = GANTrainer(cfg, tmp_path, cache_dir=tmp_path / "cache")
     assert trainer.G(torch.randn(2, 64), torch.tensor([0, 1])).shape == (2, 4, 8, 8)
     assert trainer.teacher is not None and trainer.teacher.dim == 384
     logs = [trainer.iteration() for _ in range(2)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gat_core.config import TrialConfig
 from gat_core.health import DivergenceCheck
-from gat_core.train import train
+from gat_core.loop import train
 
 
 def test_tiny_gat_learns_shapes(tmp_path):

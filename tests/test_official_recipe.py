@@ -19,7 +19,8 @@ from gat_core.health import DivergenceCheck, HealthCheck
 from gat_core.metrics.names import parse_metric
 from gat_core.metrics.scores import within_class_spread
 from gat_core.models.generator import GATGenerator
-from gat_core.train import Trainer, train
+from gat_core.gan_trainer import GANTrainer
+from gat_core.loop import train
 
 
 def _cfg(**train) -> TrialConfig:
@@ -94,7 +95,7 @@ def test_bf16_autocast_keeps_the_generator_residual_stream_fp32() -> None:
 
 def test_repa_head_is_initialised_and_clipped_as_part_of_d(tiny_dinov2: Path, tmp_path: Path) -> None:
     vfm = {"weights": str(tiny_dinov2), "model": "vit_small_patch14_dinov2", "image_size": 56, "hidden_dim": 32}
-    trainer = Trainer(_cfg(vfm=vfm, grad_clip=1.0), tmp_path)
+    trainer = GANTrainer(_cfg(vfm=vfm, grad_clip=1.0), tmp_path)
     head = trainer.repa_head
     for layer in (m for m in head.modules() if isinstance(m, nn.Linear)):
         bound = (6 / (layer.in_features + layer.out_features)) ** 0.5  # Xavier-uniform, zero bias
@@ -115,7 +116,7 @@ def test_repa_head_is_initialised_and_clipped_as_part_of_d(tiny_dinov2: Path, tm
 # --------------------------------------------------------------------------------------------- checkpoints
 
 def test_checkpoints_of_the_old_weight_format_are_refused_by_name(tmp_path: Path) -> None:
-    trainer = Trainer(_cfg(), tmp_path / "trial")
+    trainer = GANTrainer(_cfg(), tmp_path / "trial")
     path = trainer.save_checkpoint()
     state = ckpt.load(path)
     assert state[ckpt.FORMAT_KEY] == ckpt.WEIGHTS_FORMAT
@@ -133,7 +134,7 @@ def test_checkpoints_of_the_old_weight_format_are_refused_by_name(tmp_path: Path
 def test_model_files_of_the_old_weight_format_are_refused_by_eval(tmp_path: Path) -> None:
     from orchestrator.eval_cmd import evaluate_checkpoint
 
-    trainer = Trainer(_cfg(), tmp_path / "trial")
+    trainer = GANTrainer(_cfg(), tmp_path / "trial")
     model = ckpt.read(trainer.save_model())
     old = tmp_path / "old_model.pt"
     torch.save({k: v for k, v in model.items() if k != ckpt.FORMAT_KEY}, old)

@@ -230,11 +230,11 @@ def _adam_bytes(opt) -> int:
 def test_weights_gradients_adam_and_ema_memory_are_exact(tmp_path, tiny_dinov2):
     from gat_core.diffusion_trainer import DiffusionTrainer
     from gat_core.memory import memory_estimate
-    from gat_core.train import Trainer
+    from gat_core.gan_trainer import GANTrainer
 
     vfm = {"weights": str(tiny_dinov2), "model": "vit_small_patch14_dinov2", "image_size": 56, "hidden_dim": 32}
     for cfg in (_trial_config("gat", 32, 4, 8, 2, 8, "fp32"), _trial_config("gat", 32, 4, 16, 2, 8, "fp32", vfm=vfm)):
-        trainer = Trainer(cfg, tmp_path / f"gat-{cfg.train.vfm is not None}")
+        trainer = GANTrainer(cfg, tmp_path / f"gat-{cfg.train.vfm is not None}")
         trainer.iteration()  # every gradient and AdamW moment now exists
         est = memory_estimate(cfg, trainer.dataset.num_classes, "fp32")
         trainable = [*trainer.G.parameters(), *trainer.D.parameters(),
@@ -273,7 +273,7 @@ def _saved_bytes(fn, params) -> int:
 
 
 def _measured_steps(cfg, workdir: Path) -> dict[str, int]:
-    """What the D step and the G step of `Trainer.iteration` (or the DiT step) save for backward."""
+    """What the D step and the G step of `GANTrainer.iteration` (or the DiT step) save for backward."""
     import torch
 
     from gat_core.objectives.diffusion import diffusion_loss
@@ -290,9 +290,9 @@ def _measured_steps(cfg, workdir: Path) -> dict[str, int]:
             with tr.autocast():
                 diffusion_loss(tr.model, x0, labels, tr.diff.objective, tr.diff.num_train_timesteps, tr.scheduler)
         return {"step": _saved_bytes(step, list(tr.model.parameters()))}
-    from gat_core.train import Trainer
+    from gat_core.gan_trainer import GANTrainer
 
-    tr, t = Trainer(cfg, workdir), cfg.train
+    tr, t = GANTrainer(cfg, workdir), cfg.train
     real, labels = tr.sampler.next()
     z = torch.randn(real.shape[0], tr.G.z_dim)
     with torch.no_grad(), tr.autocast():

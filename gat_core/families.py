@@ -1,0 +1,35 @@
+"""The model families, by `model.family`: each one's trainer and sampler (in the style of DiT's model table).
+
+`make_trainer(cfg, ...)` builds the trainer of a trial; `sampler_from_config` and
+`load_sampler` build the sampler of a config (random weights) or of a model file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gat_core.config import TrialConfig
+from gat_core.diffusion_trainer import DiffusionTrainer, DiTSampler
+from gat_core.gan_trainer import GANSampler, GANTrainer
+from gat_core.sampler import Decode, Sampler, identity
+from gat_core.trial import TrialBase
+
+TRAINERS: dict[str, type[TrialBase]] = {"gat": GANTrainer, "dit": DiffusionTrainer}
+SAMPLERS: dict[str, type[Sampler]] = {"gat": GANSampler, "dit": DiTSampler}
+
+
+def make_trainer(cfg: TrialConfig, workdir: Path, cache_dir: Path | None = None) -> TrialBase:
+    """The trainer of the trial's model family."""
+    return TRAINERS[cfg.model.family](cfg, workdir, cache_dir)
+
+
+def sampler_from_config(cfg: TrialConfig, num_classes: int, device: torch.device, state: dict | None = None,
+                        decode: Decode = identity, **options) -> Sampler:
+    """The sampler of `cfg`'s family: random weights, or those of `state` (a model file or a checkpoint)."""
+    family = SAMPLERS[cfg.model.family]
+    if state is not None and family.WEIGHTS_KEY not in state:
+        raise ValueError(f"model file: holds no {family.WEIGHTS_KEY} weights, which its config's family "
+                         f"({cfg.model.family}) samples from; expected a trial's final_model.pt")
+    return family.from_config(cfg, num_classes, device, state, decode, **options)
