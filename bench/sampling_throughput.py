@@ -1,13 +1,14 @@
 """Sampling throughput: a GAT generator (1 forward per image) vs a DiT of the same size at 50 steps.
 
 Both networks have the same width, depth, heads and patch size and sample the same shape (a
-4-channel 16x16 latent grid: the generator is built by `gat_core.train.build_networks` from a
-trial config whose latent folder holds only the shape, no data), at the same batch, on the same
-machine and threads, in fp32, under no_grad:
+4-channel 16x16 latent grid: both samplers are built by `gat_core.families.sampler_from_config`
+from trial configs whose latent folder holds only the shape, no data), at the same batch, on the
+same machine and threads, in fp32, under no_grad, with random weights:
 
-- GAT: `G(z, labels)` of the generator with K=4 MNG heads (what `Trainer.generate` runs);
-- DiT: `gat_core.objectives.diffusion.sample` with the DDIM sampler at 50 steps (no guidance;
-  guidance would double the DiT's cost).
+- GAT: `GANSampler.generate`, one forward of the generator with K=4 MNG heads (what the trials'
+  evaluations run);
+- DiT: `DiTSampler.generate` with the DDIM sampler at 50 steps (no guidance; guidance would
+  double the DiT's cost).
 
 Rounds alternate GAT and DiT timings so that load from other processes hits both alike.  Every
 GAT batch and every DiT sampling run is timed on its own; `ratio` compares the fastest of each
@@ -27,14 +28,17 @@ from pathlib import Path
 from bench.common import save
 
 
-def configs(width: int, depth: int, heads: int, patch: int, resolution: int, channels: int, folder: Path):
+def configs(width: int, depth: int, heads: int, patch: int, resolution: int, channels: int, folder: Path,
+            steps: int, sampler: str):
     from gat_core.config import TrialConfig
 
     (folder / "meta.json").write_text(json.dumps({"latent_channels": channels, "latent_resolution": resolution}))
     model = {"width": width, "depth": depth, "heads": heads, "patch_size": patch}
     base = {"dataset": {"name": "shapes", "latents": str(folder)}, "train": {"steps": 1, "device": "cpu"}}
     return (TrialConfig.model_validate({**base, "model": {**model, "family": "gat"}}),
-            TrialConfig.model_validate({**base, "model": {**model, "family": "dit"}}))
+            TrialConfig.model_validate({**base, "model": {**model, "family": "dit"},
+                                        "train": {**base["train"], "diffusion": {"objective": "ddpm", "sampler": sampler,
+                                                                                  "sample_steps": steps}}}))
 
 
 def main() -> None:
@@ -56,27 +60,25 @@ def main() -> None:
 
     import torch
 
-    from gat_core.diffusion_trainer import build_denoiser
-    from gat_core.flops import dit_forward_macs, generator_cost, sampling_macs
-    from gat_core.objectives.diffusion import sample
-    from gat_core.train import build_networks
+    from gat_core.families import sampler_from_config
 
     torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         gat_cfg, dit_cfg = configs(args.width, args.depth, args.heads, args.patch, args.resolution, args.channels,
-                                   Path(tmp))
+                                   Path(tmp), args.steps, args.sampler)
         torch.manual_seed(0)
-        gen = build_networks(gat_cfg, args.classes)[0].eval().requires_grad_(False)
-        dit = build_denoiser(dit_cfg, args.classes).eval().requires_grad_(False)
+        gat, dit = sampler_from_config(gat_cfg, args.classes, cpu), sampler_from_config(dit_cfg, args.classes, cpu)
         levels = gat_cfg.train.levels
+        gat_gmacs, dit_gmacs = gat.sample_gflops(), dit.sample_gflops(args.steps)  # the configs read meta.json
 
     labels = torch.arange(args.batch) % args.classes
 
     def gat_batch() -> torch.Tensor:
-        return gen(torch.randn(args.batch, gen.z_dim), labels)
+        return gat.generate(labels)
 
     def dit_batch() -> torch.Tensor:
-        return sample(dit, labels, args.steps, "ddpm", args.sampler)
+        return dit.generate(labels, None, args.steps)
 
     with torch.no_grad():
         assert gat_batch().shape == dit_batch().shape == (args.batch, args.channels, args.resolution, args.resolution)
@@ -92,8 +94,6 @@ def main() -> None:
 
     gat_ips, dit_ips = max(gat_rates), max(dit_rates)
     gat_median, dit_median = statistics.median(gat_rates), statistics.median(dit_rates)
-    g_macs = generator_cost(gat_cfg.model, args.resolution, args.channels, levels).total
-    d_macs = dit_forward_macs(args.channels, args.resolution, args.patch, args.width, args.depth)
     save("sampling_throughput", {
         "model": (f"width {args.width}, depth {args.depth}, heads {args.heads}, patch {args.patch}, "
                   f"{args.channels}x{args.resolution}x{args.resolution} input, {args.classes} classes"),
@@ -102,9 +102,8 @@ def main() -> None:
         "ratio": gat_ips / dit_ips, "target_ratio": 40.0, "meets_target": gat_ips / dit_ips >= 40.0,
         "gat_images_per_sec_median": gat_median, "dit_images_per_sec_median": dit_median,
         "ratio_median": gat_median / dit_median,
-        "gat_gmacs_per_image": g_macs / 1e9, "dit_forward_gmacs": d_macs / 1e9,
-        "dit_sampling_gmacs_per_image": sampling_macs(d_macs, args.steps) / 1e9,
-        "analytic_macs_ratio": sampling_macs(d_macs, args.steps) / g_macs,
+        "gat_gmacs_per_image": gat_gmacs, "dit_forward_gmacs": dit.forward_macs / 1e9,
+        "dit_sampling_gmacs_per_image": dit_gmacs, "analytic_macs_ratio": dit_gmacs / gat_gmacs,
         "gat_images_per_sec_calls": [round(r, 2) for r in gat_rates],
         "dit_images_per_sec_calls": [round(r, 3) for r in dit_rates],
     })

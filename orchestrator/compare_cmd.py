@@ -9,10 +9,12 @@ imported only for that, so `--no-speed` stays as light as `gat-study analyze`.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +25,7 @@ from analysis.errors import AnalysisError
 from orchestrator.analyze_cmd import add_fit_arguments, resolve_target
 
 __all__ = ["AnalysisError", "add_compare_parser", "cmd_compare", "compare", "measure_sampling_speed",
-           "run_comparison", "trial_config"]
+           "run_comparison", "stored_configs", "trial_config"]
 
 SECTIONS = ("dataset", "model", "train")
 # Keys that do not shape the networks or the sampler, or that need files of the training machine.
@@ -31,7 +33,21 @@ SKIPPED_KEYS = ("train.steps", "train.flops_budget", "train.vfm", "train.device"
                 "train.grad_checkpoint", "train.precision")
 
 
-# --- a trial's config from its child-run params --------------------------------------------------
+# --- a trial's config: as its study stored it, else from its child-run params ----------------------
+def stored_configs(data: Any) -> dict[str, dict[str, Any]]:
+    """trial_id -> the exact config of each trial as its study logged it (`study/trials.json` of the parent runs
+    of `data`, an `analysis.load.StudyData`); {} for studies without that artifact."""
+    from analysis.load import download_run_artifact
+
+    out: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, run_id in enumerate(data.parents.values()):
+            path = download_run_artifact(data, run_id, "study/trials.json", Path(tmp) / str(index))
+            if path is not None:
+                out.update({t["trial_id"]: t["config"] for t in json.loads(path.read_text())})
+    return out
+
+
 def _missing(value: Any) -> bool:
     if value is None or value is pd.NA:
         return True
@@ -62,16 +78,22 @@ def _known_fields(model_cls: Any, tree: dict[str, Any], prefix: str, dropped: li
     return out
 
 
-def trial_config(row: pd.Series | dict[str, Any]) -> tuple[Any, list[str]]:
-    """(TrialConfig, dropped keys) rebuilt from a trial's dotted run params (a row of `StudyData.trials`).
+def trial_config(row: pd.Series | dict[str, Any], stored: dict[str, dict[str, Any]] | None = None
+                 ) -> tuple[Any, list[str]]:
+    """(TrialConfig, dropped keys) of a trial (a row of `StudyData.trials`): the exact config its study stored
+    (`stored`, from `stored_configs`, by the row's trial_id; nothing dropped), else rebuilt from its dotted run
+    params (studies logged without `study/trials.json`).
 
-    Only what shapes the networks and the sampler is kept: the dataset, model and train
+    Rebuilt from params, only what shapes the networks and the sampler is kept: the dataset, model and train
     sections without the training length, VFM and device keys; keys this version's schema
     does not know are dropped (and returned).  Raises ValueError when the rest is invalid
     (e.g. latents whose meta.json is not on this machine).
     """
     from gat_core.config import TrialConfig
 
+    exact = (stored or {}).get(row.get("trial_id"))
+    if exact is not None:
+        return TrialConfig.model_validate(exact), []
     tree: dict[str, Any] = {}
     items = row.items() if isinstance(row, dict) else row.to_dict().items()
     for key, value in items:
@@ -133,21 +155,20 @@ def _nfe_values(group: pd.DataFrame) -> list[int]:
 
 
 def measure_sampling_speed(trials: pd.DataFrame, batch: int = 64, *, device: str = "auto", timed_nfe: int = 1,
-                           repeats: int = 3, min_time: float = 0.5) -> tuple[pd.DataFrame, str, list[str]]:
+                           repeats: int = 3, min_time: float = 0.5, configs: dict[str, dict[str, Any]] | None = None
+                           ) -> tuple[pd.DataFrame, str, list[str]]:
     """(table, caption, notes): images/s at `batch` on this machine for each (family, model size) of `trials`.
 
     `trials` needs `family` (gat/dit), `size`, `patch` and the dotted run params (the
-    `Comparison.trials` frame).  Networks are built from the first trial of each size with
+    `Comparison.trials` frame); `configs` the exact trial configs (`stored_configs`; see `trial_config`).
+    Samplers (`gat_core.families.sampler_from_config`) are built from the first trial of each size with
     random weights: speed does not depend on the weights.  GAT: one G forward (1 NFE).  DiT:
     the trial's sampler for `timed_nfe` steps, and NFE/timed_nfe times that for the other NFE
     values (the per-step cost is constant).  Network only (no VAE decode), fp32, no autocast.
     """
     import torch
 
-    from gat_core.diffusion_trainer import build_denoiser
-    from gat_core.flops import dit_forward_macs, generator_cost, sampling_macs
-    from gat_core.objectives.diffusion import sample
-    from gat_core.train import build_networks
+    from gat_core.families import sampler_from_config
     from gat_core.trial import resolve_device
     from orchestrator.plan import dataset_classes
 
@@ -158,7 +179,7 @@ def measure_sampling_speed(trials: pd.DataFrame, batch: int = 64, *, device: str
     for family, size, patch, group in _size_groups(trials):
         first = group.iloc[0]
         try:
-            cfg, dropped = trial_config(first)
+            cfg, dropped = trial_config(first, configs)
         except ValueError as exc:
             why = "; ".join(e["msg"] for e in exc.errors()) if hasattr(exc, "errors") else str(exc)
             notes.append(f"speed of {family} {size}: skipped, its config cannot be rebuilt here ({why})")
@@ -166,31 +187,25 @@ def measure_sampling_speed(trials: pd.DataFrame, batch: int = 64, *, device: str
         if dropped:
             notes.append(f"speed of {family} {size}: ignored params unknown to this version: {', '.join(dropped)}")
         num_classes = dataset_classes(cfg.dataset)  # a folder dataset absent here: 1 (the class count barely matters)
-        ch, res = cfg.dataset.model_channels, cfg.dataset.model_resolution
         labels = torch.arange(batch, device=dev) % num_classes
         base = {"size": size, "patch": patch, "family": family, "width": cfg.model.width, "depth": cfg.model.depth,
                 "batch": batch, "device": str(dev), "threads": torch.get_num_threads(), "trial": first["run_name"]}
         torch.manual_seed(0)
         with torch.inference_mode():
+            sampler = sampler_from_config(cfg, num_classes, dev)
             if family == "gat":
-                gen = build_networks(cfg, num_classes)[0].to(dev).eval()
-                seconds = _time_call(lambda: gen(torch.randn(batch, gen.z_dim, device=dev), labels), sync, repeats,
-                                     min_time)
-                gflops = generator_cost(cfg.model, res, ch, cfg.train.levels).total / 1e9
-                rows.append({**base, "nfe": 1, "sample_gflops": gflops, "images_per_s": batch / seconds,
-                             "ms_per_image": 1e3 * seconds / batch, "timing": "measured"})
+                seconds = _time_call(lambda: sampler.generate(labels), sync, repeats, min_time)
+                rows.append({**base, "nfe": 1, "sample_gflops": sampler.sample_gflops(),
+                             "images_per_s": batch / seconds, "ms_per_image": 1e3 * seconds / batch,
+                             "timing": "measured"})
                 continue
             d = cfg.train.diffusion
-            model = build_denoiser(cfg, num_classes).to(dev).eval()
             samplers.add(f"{d.objective}/{'euler' if d.objective == 'flow' else d.sampler}"
                          + (f", guidance {d.guidance:g}" if d.guidance > 1 else ""))
-            seconds = _time_call(lambda: sample(model, labels, timed_nfe, d.objective, d.sampler, d.guidance, None,
-                                                d.num_train_timesteps, clip_sample=cfg.dataset.latents is None),
-                                 sync, repeats, min_time)
-            forward = dit_forward_macs(ch, res, cfg.model.patch_size, cfg.model.width, cfg.model.depth)
+            seconds = _time_call(lambda: sampler.generate(labels, None, timed_nfe), sync, repeats, min_time)
             for k in _nfe_values(group):
                 t = seconds * k / timed_nfe
-                rows.append({**base, "nfe": k, "sample_gflops": sampling_macs(forward, k, d.guidance) / 1e9,
+                rows.append({**base, "nfe": k, "sample_gflops": sampler.sample_gflops(k),
                              "images_per_s": batch / t, "ms_per_image": 1e3 * t / batch,
                              "timing": "measured" if k == timed_nfe else f"{timed_nfe}-step time × {k}/{timed_nfe}"})
     columns = ["size", "patch", "family", "nfe", "sample_gflops", "images_per_s", "ms_per_image", "timing", "width",
@@ -230,7 +245,8 @@ def run_comparison(study: str, tracking_uri: str, out_dir: Path, metric: str | N
                             include_failed=include_failed, keep_unhealthy=keep_unhealthy)
     if speed:
         comp.speed, comp.speed_caption, notes = measure_sampling_speed(comp.trials, batch, device=device,
-                                                                       timed_nfe=timed_nfe)
+                                                                       timed_nfe=timed_nfe,
+                                                                       configs=stored_configs(data))
         comp.notes += notes
     write_comparison(comp, Path(out_dir), log_artifacts=log_artifacts)
     return comp

@@ -244,6 +244,36 @@ def test_speed_table_on_tiny_models(store: str, tmp_path: Path, capsys: pytest.C
     assert any("exactly through 2 trials" in n for n in summary["notes"])  # two trials per family: an exact law
 
 
+def test_speed_builds_each_size_from_the_config_its_study_stored(store: str, tmp_path: Path) -> None:
+    """A study that logged `study/trials.json` (as `gat-study run` does): the speed table's networks come from
+    those exact configs (here a depth the run params do not say), not from the params rebuilt."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.compare_cmd import measure_sampling_speed, stored_configs, trial_config
+
+    trials = [family_trial(f, w, 4, 2, 100.0 / w, resolution=8, eval_nfe=(1,), sample_steps=1)
+              for f in ("gat", "dit") for w in (16, 32)]
+    parent = log_study(store, "stored", trials)
+    data = load_studies(store, "stored")
+    grid = []
+    for _, row in data.trials.iterrows():
+        cfg, dropped = trial_config(row)
+        assert dropped == [] and cfg.model.depth == 4
+        exact = cfg.model_dump(mode="json")
+        exact["model"]["depth"] = 6
+        grid.append({"trial_id": row["trial_id"], "name": row["run_name"], "swept": {}, "config": exact})
+    (tmp_path / "trials.json").write_text(json.dumps(grid))
+    MlflowClient(store).log_artifact(parent, str(tmp_path / "trials.json"), artifact_path="study")
+
+    configs = stored_configs(load_studies(store, "stored"))
+    assert set(configs) == set(data.trials["trial_id"])
+    cfg, dropped = trial_config(data.trials.iloc[0], configs)
+    assert dropped == [] and cfg.model.depth == 6 and cfg.model.width == 16
+    comp = compare_families(data, n_boot=10)
+    speed, _, notes = measure_sampling_speed(comp.trials, 4, device="cpu", repeats=1, min_time=0.0, configs=configs)
+    assert (speed["depth"] == 6).all() and len(speed) == 4 and not notes
+
+
 # --- clear messages -----------------------------------------------------------------------------
 @pytest.mark.parametrize("study, metric, words", [
     ("gat-only", None, ["no DiT trials", "GAT (3 trials)", "model.family"]),
