@@ -1,6 +1,6 @@
 """Orchestration overhead of `gat-study run`: study wall time / ideal.
 
-Ideal = sum of the trials' own time inside `gat_core.train` (setup, training and evaluations,
+Ideal = sum of the trials' own time inside `gat_core.loop.train` (setup, training and evaluations,
 logged as `trial_seconds`) / concurrency.  A study of 4 trials, 2 at a time, each about a
 minute of training on one core.  The feature classifier is trained once beforehand, so the
 ratio measures Ray, Tune, MLflow and process start-up, not a cache that is shared anyway.

@@ -5,7 +5,7 @@ per image; elementwise ops, norms, softmax and embedding look-ups are ignored.
 torch's FlopCounterMode counts 2 per MAC, so its totals are twice these numbers
 (`gat_core.flop_counter.count_macs` divides by 2 and adds the CPU attention
 kernel that torch 2.14 does not count).  Training compute is counted in the same
-MAC units, summed over the passes `Trainer.iteration` really runs.
+MAC units, summed over the passes `GANTrainer.iteration` really runs.
 
 Per matmul y = x W (M MACs) a backward pass costs M for the input gradient (when
 x requires grad) plus M for the weight gradient (when W requires grad).  Attention

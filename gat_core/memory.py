@@ -1,6 +1,6 @@
 """Analytic peak accelerator memory of one training trial: weights, gradients, AdamW state, EMA, activations.
 
-What the trainers hold (`gat_core.train.Trainer`, `gat_core.diffusion_trainer.DiffusionTrainer`), all in bytes:
+What the trainers hold (`gat_core.gan_trainer.GANTrainer`, `gat_core.diffusion_trainer.DiffusionTrainer`), all in bytes:
 
 - weights: every trainable parameter in fp32 (bf16 autocast keeps fp32 master weights), the EMA copy of G (of the
   denoiser for DiT) in fp32, and the frozen VFM teacher in fp32.

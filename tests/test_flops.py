@@ -1,7 +1,7 @@
 """Analytic parameter/MAC counts (gat_core.flops) against the built modules and torch's FlopCounterMode.
 
 Forward counts of every registry size are measured on the meta device (SDPA decomposes into
-bmm there, which FlopCounterMode counts); a whole `Trainer.iteration()` of a tiny model is
+bmm there, which FlopCounterMode counts); a whole `GANTrainer.iteration()` of a tiny model is
 measured on CPU, where SDPA runs the CPU flash kernel that `gat_core.flop_counter` adds formulas for.
 """
 
