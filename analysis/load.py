@@ -21,13 +21,9 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
+from analysis.contract import HEALTH_REASON_TAG, HEALTH_TAG, PARENT_TAG, ROLE_TAG, STUDY_TAG
 from analysis.errors import AnalysisError
 
-ROLE_TAG = "gat_study.role"
-STUDY_TAG = "gat_study.study"
-PARENT_TAG = "mlflow.parentRunId"
-HEALTH_TAG = "health"  # ok | collapsed | diverged: the trainer's verdict on a finished trial
-HEALTH_REASON_TAG = "health_reason"
 COMPUTE_COLUMNS = ("gflops_g", "gflops_d", "params_g", "params_d", "macs_per_sample_iter")
 BOOKKEEPING = ("trial_index", "swept", "steps")
 _MLFLOW_STATUS = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "failed", "RUNNING": "running",

@@ -17,18 +17,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from analysis.contract import lower_is_better
 from analysis.errors import AnalysisError
 from analysis.load import DIVERSITY_PREFIX, QUALITY_PATTERN, StudyData
 
-_HIGHER_IS_BETTER = re.compile(r"(accuracy|precision|recall|^inception|^is$|^is_|psnr|ssim|density|coverage"
-                               r"|^diversity_)", re.I)  # ^inception: the score, not kid_inception
 _KIND_PREFIX = re.compile(r"^(fd_inf_|fd_|kid_|precision_|recall_|diversity_)")
 HEALTHY = ("ok", "")  # "" = not judged (a run still pending, running or failed: its status decides)
-
-
-def lower_is_better(metric: str) -> bool:
-    """Distances and losses go down as models improve; accuracies, scores and diversity go up (default: down)."""
-    return not _HIGHER_IS_BETTER.search(metric)
 
 
 DIVERSITY_METRIC = f"{DIVERSITY_PREFIX}pixels"  # what trials log beside the quality metric (gat_core EvalConfig)

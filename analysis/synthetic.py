@@ -17,10 +17,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from analysis.load import HEALTH_REASON_TAG, HEALTH_TAG, PARENT_TAG, ROLE_TAG, STUDY_TAG
+from analysis.contract import (FLOP_CONVENTION, FLOPS_TAG, HEALTH_REASON_TAG, HEALTH_TAG, PARENT_TAG, ROLE_TAG,
+                               STATUS_TAG, STUDY_TAG, TRIAL_ID_TAG)
 from analysis.select import diversity_key
-
-FLOPS_TAG = "MAC (DiT): 1 multiply-accumulate = 1 FLOP"
 
 
 @dataclass
@@ -235,8 +234,8 @@ def log_study(tracking_uri: str, name: str, trials: Sequence[SyntheticTrial], *,
             keys = {k for t in trials for k in t.config}
             swept = sorted(k for k in keys if len({json.dumps(t.config.get(k)) for t in trials}) > 1)
         for index, trial in enumerate(trials):
-            tags = {ROLE_TAG: "trial", STUDY_TAG: name, PARENT_TAG: parent, "trial_id": f"synth{index:05d}",
-                    "status": trial.status, "final_step": str(trial.final_step), "flops_convention": FLOPS_TAG}
+            tags = {ROLE_TAG: "trial", STUDY_TAG: name, PARENT_TAG: parent, TRIAL_ID_TAG: f"synth{index:05d}",
+                    STATUS_TAG: trial.status, "final_step": str(trial.final_step), FLOPS_TAG: FLOP_CONVENTION}
             if trial.reason:
                 tags["reason"] = trial.reason
             if trial.health is not None:

@@ -20,22 +20,18 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from analysis.contract import (EARLIER_ID_TAG, EVAL_TAG, FLOP_CONVENTION, FLOPS_TAG, GFLOPS_PARAM,  # noqa: F401
+                               HEALTH_REASON_TAG, HEALTH_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, STUDY_TAG,
+                               TRAIN_FLOPS_METRIC, TRIAL_ID_TAG)
 from gat_core.metrics.names import parse_metric
 from orchestrator.study import TRIAL_SECTIONS, Study, Trial
 
 log = logging.getLogger(__name__)
 
-STUDY_TAG = "gat_study.study"
-ROLE_TAG = "gat_study.role"
-PARENT_TAG = "mlflow.parentRunId"
 # The MLflow UI opens an experiment on the view its kind asks for: training runs, not GenAI traces
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # the UI's saved views of an experiment's runs page
-HEALTH_TAG = "health"  # ok | collapsed | diverged: the verdict of gat_core.health on a finished trial
-HEALTH_REASON_TAG = "health_reason"
 FINAL_STATUSES = ("completed", "diverged")
-EVAL_TAG = "eval_settings"  # JSON: the evaluation keys a finished trial was scored under
-EARLIER_ID_TAG = "earlier_trial_id"  # the id a run had under gat-study's earlier whole-config hash, once adopted
 PACKAGES = ("torch", "ray", "mlflow", "pydantic", "numpy", "scipy", "pandas", "diffusers", "timm", "gat-study")
 _MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 
@@ -75,9 +71,6 @@ def study_view_id(study_name: str) -> str:
 
 # The training losses each model family logs (gat_core.objectives), charted after quality and diversity
 LOSS_METRICS = {"gat": ("loss_g", "loss_d"), "dit": ("loss_diffusion",)}
-# Per-image GFLOPs of the generator (GAT) or denoiser (DiT) forward: the x of the study's scaling plots
-GFLOPS_PARAM = "gflops_g"
-TRAIN_FLOPS_METRIC = "train_flops"  # training compute so far (MACs), logged by every trial
 
 
 def study_view(study: Study) -> dict[str, Any]:
@@ -226,8 +219,8 @@ class StudyTracker:
         """The trial's child run: reused if it exists (one run per trial, ever), else created with its params."""
         if trial.trial_id in existing:
             return existing[trial.trial_id].info.run_id
-        tags = {ROLE_TAG: "trial", STUDY_TAG: study.config.name, PARENT_TAG: parent_id, "trial_id": trial.trial_id,
-                "status": "pending", "flops_convention": "MAC (DiT): 1 multiply-accumulate = 1 FLOP"}
+        tags = {ROLE_TAG: "trial", STUDY_TAG: study.config.name, PARENT_TAG: parent_id, TRIAL_ID_TAG: trial.trial_id,
+                STATUS_TAG: "pending", FLOPS_TAG: FLOP_CONVENTION}
         run = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags)
         params = {**trial.params(), **cost, "trial_index": trial.index, "swept": sorted(trial.swept)}
         items = _params(params)
