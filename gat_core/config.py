@@ -13,10 +13,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gat_core.models.registry import PRESETS, parse_preset
+from gat_core.models.registry import PRESETS, parse_preset, preset_family
 
 DATASET_CHANNELS = {"digits": 1, "shapes": 3, "photos": 3, "folder": 3}
 DATASET_CLASSES = {"digits": 10, "photos": 3}
+DEFAULT_SHAPE_CLASSES = 10  # classes of `shapes` when dataset.num_classes is not set
 DATASET_NAMES = tuple(DATASET_CHANNELS)
 AugmentOp = Literal["color", "translation", "cutout", "flip"]
 OFFICIAL_AUGMENT: tuple[AugmentOp, ...] = ("color", "translation", "cutout", "flip")
@@ -36,7 +37,7 @@ class DataConfig(StrictModel):
         "the sample photographs scikit-learn and matplotlib ship (one class per photo); folder: one subfolder per class")
     resolution: int = Field(16, ge=4, le=1024, description="Side length in pixels the images are resized to.")
     path: Path | None = Field(None, description="Root folder of a `folder` dataset (one subfolder per class).")
-    num_classes: int | None = Field(None, ge=1, description="Number of classes of `shapes` (default 10); fixed by the data otherwise.")
+    num_classes: int | None = Field(None, ge=1, description=f"Number of classes of `shapes` (default {DEFAULT_SHAPE_CLASSES}); fixed by the data otherwise.")
     size: int = Field(8000, ge=16, description="Number of images generated for `shapes` or cropped for `photos`.")
     seed: int = Field(0, description="Seed of procedural data (shapes, photo crops).")
     latents: Path | None = Field(
@@ -108,7 +109,7 @@ class ModelConfig(StrictModel):
     def _apply_preset(cls, data: object) -> object:
         if isinstance(data, dict) and data.get("preset") is not None:
             preset = parse_preset(str(data["preset"]))  # raises ValueError naming the choices
-            family = data.get("family") or ("dit" if str(data["preset"]).startswith("DiT-") else "gat")
+            family = data.get("family") or preset_family(str(data["preset"]))
             data = {**data, **preset, "family": family}
         return data
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gat_core.config import DATASET_CLASSES, DataConfig
+from gat_core.config import DATASET_CLASSES, DEFAULT_SHAPE_CLASSES, DataConfig
 from gat_core.flops import TrialCost, family_trial_cost, sampling_macs
 from orchestrator.study import Study, Trial
 
@@ -41,7 +41,7 @@ UNITS = {
 def dataset_classes(cfg: DataConfig) -> int:
     """Class count without loading images (a folder dataset counts its subfolders)."""
     if cfg.name == "shapes":
-        return cfg.num_classes or 10
+        return cfg.num_classes or DEFAULT_SHAPE_CLASSES
     if cfg.name == "folder":
         root = Path(cfg.path or ".")
         return max(1, sum(1 for p in root.iterdir() if p.is_dir())) if root.is_dir() else 1

@@ -6,13 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gat_core.config import DataConfig
+from gat_core.config import DEFAULT_SHAPE_CLASSES, DataConfig
 from gat_core.data.dataset import DatasetError, ImageDataset
 from gat_core.data.folder import load_folder
 from gat_core.data.photos import PHOTO_CLASSES, photo_patches
 from gat_core.data.shapes import class_names, render_shapes
-
-DEFAULT_SHAPE_CLASSES = 10
 
 
 def resize(images: Tensor, resolution: int) -> Tensor:

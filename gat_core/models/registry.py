@@ -9,6 +9,12 @@ PRESETS: dict[str, dict[str, int]] = {
     "GAT-XL": {"depth": 28, "width": 1152, "heads": 16},
 }
 PATCH_SIZES = (2, 4, 8)
+DIT_PREFIX = "DiT-"  # DiT-B/2 names the same size as GAT-B/2, for the diffusion baseline
+
+
+def preset_family(name: str) -> str:
+    """The model family a preset name implies: `dit` for `DiT-*`, else `gat` (any case: MLflow params are text)."""
+    return "dit" if name.lower().startswith(DIT_PREFIX.lower()) else "gat"
 
 
 def preset_names() -> list[str]:
@@ -19,7 +25,7 @@ def preset_names() -> list[str]:
 def parse_preset(name: str) -> dict[str, int]:
     """`GAT-B/4` (or `DiT-B/4`, the same sizes) -> {depth, width, heads, patch_size}; ValueError otherwise."""
     size, _, patch = name.partition("/")
-    size = "GAT-" + size[len("DiT-"):] if size.startswith("DiT-") else size
+    size = "GAT-" + size[len(DIT_PREFIX):] if size.startswith(DIT_PREFIX) else size
     if size not in PRESETS or not patch.isdigit() or int(patch) not in PATCH_SIZES:
         raise ValueError(f"model.preset: unknown preset {name!r}; expected one of {', '.join(preset_names())} "
                          "(or DiT-S/2 ... DiT-XL/8 for the diffusion baseline)")
