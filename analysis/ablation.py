@@ -18,27 +18,14 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from analysis.render import booktabs, fmt_num, fmt_value, markdown_rows, tex, tex_label, tex_num
+
 SIZE_KEYS = frozenset({"model.width", "model.depth", "model.heads", "model.preset", "model.d_width", "model.d_depth",
                        "model.d_heads", "model.d_cond_dim"})
 PATCH_KEY = "model.patch_size"
 DERIVED = {"model.family": "model.preset"}  # key -> the swept key it follows (GAT-B/2 vs DiT-B/2)
 SECTIONS = ("dataset.", "model.", "train.")
 OFF_VALUES = ("off", "False", "none", "None", "0", "constant", "—")
-
-
-def fmt_value(value: Any) -> str:
-    """A setting as text, the same whatever MLflow's string round trip made of it."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return "—"
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def fmt_num(value: float, digits: int = 4) -> str:
-    if value is None or not np.isfinite(value):
-        return "—"
-    return f"{value:.{digits}g}"
 
 
 def _seed_key(column: str) -> bool:
@@ -149,53 +136,21 @@ class AblationTable:
 
     def to_markdown(self) -> str:
         header, body, deltas = self._rows(" ± ", "Δ {value} − {base}")
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(r) + " |" for r in body + deltas]
-        return "\n".join(lines) + f"\n\n{self.caption}\n"
+        return markdown_rows(header, body + deltas) + f"\n\n{self.caption}\n"
 
     def to_latex(self) -> str:
         header, body, deltas = self._rows(" \\pm ", "Δ {value} − {base}")
 
-        def cells(row: list[str]) -> str:
-            first, rest = _tex(row[0]), [_tex_num(c) for c in row[1:]]
-            return " & ".join([first, *rest]) + r" \\"
+        def cells(row: list[str]) -> list[str]:
+            return [tex(row[0]), *(tex_num(c) for c in row[1:])]
 
-        lines = [r"\begin{table}[t]", r"\centering", r"\small", f"\\caption{{{_tex(self.caption)}}}",
-                 f"\\label{{tab:ablation-{_tex_label(self.switch)}}}",
-                 r"\begin{tabular}{l" + "c" * len(self.contexts) + "}", r"\toprule",
-                 " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
-        lines += [cells(r) for r in body]
-        if deltas:
-            lines.append(r"\midrule")
-            lines += [cells(r) for r in deltas]
-        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-        return "\n".join(lines) + "\n"
+        blocks = [[cells(r) for r in body]] + ([[cells(r) for r in deltas]] if deltas else [])
+        return booktabs(tex(self.caption), f"ablation-{tex_label(self.switch)}", "l" + "c" * len(self.contexts),
+                        [tex(h) for h in header], blocks)
 
     def to_csv(self, path: Path) -> Path:
         self.cells.assign(switch=self.switch, metric=self.metric, baseline=self.baseline).to_csv(path, index=False)
         return path
-
-
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$",
-        "−": r"$-$", "—": "--"}
-
-
-def _tex(text: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in str(text))
-
-
-def _tex_num(text: str) -> str:
-    """'12.3 \\pm 0.4 (n=3)' -> '$12.3 \\pm 0.4$ {\\scriptsize (n=3)}'; percent signs escaped."""
-    if text == "—":
-        return "--"
-    main, _, rest = text.partition(" (")
-    tail = f" {{\\scriptsize ({_tex(rest)}}}" if rest else ""
-    return f"${main}${tail}"
-
-
-def _tex_label(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in text)
 
 
 def _contexts(trials: pd.DataFrame, switch: str, others: Iterable[str]) -> pd.Series:

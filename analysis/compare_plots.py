@@ -11,10 +11,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis.ablation import fmt_value
-from analysis.compare import (FAMILIES, FAMILY_COLORS, FAMILY_NAMES, SAMPLING_LABEL, Comparison,
-                              _several_patches, _size_key)
+from analysis.families import FAMILIES, FAMILY_NAMES, Comparison
 from analysis.plots import MARKERS, PAPER_RC, _log_axis, _log_y_ok, axis_label, save
+from analysis.render import fmt_value, several_patches, size_key
+
+FAMILY_COLORS = {"gat": "#1f5fa8", "dit": "#c8481c"}
+SAMPLING_LABEL = "sampling compute per image (GFLOPs, DiT convention: NFE × forward)"
 
 
 def plot_training_compute(comp: Comparison, stem: Path) -> list[Path]:
@@ -27,7 +29,7 @@ def plot_training_compute(comp: Comparison, stem: Path) -> list[Path]:
         for fam in FAMILIES:
             color = FAMILY_COLORS[fam]
             pts = comp.trials[comp.trials["family"] == fam]
-            for key, group in pts.groupby(_size_key(pts, _several_patches(comp.trials)), sort=False):
+            for key, group in pts.groupby(size_key(pts, several_patches(comp.trials)), sort=False):
                 ax.scatter(group["train_flops"], group["metric_value"], color=color, marker=markers.get(key, "o"),
                            s=20, zorder=3, edgecolors="white", linewidths=0.4)
             front = comp.frontiers.get(fam, pd.DataFrame())
@@ -76,7 +78,7 @@ def plot_sampling_compute(comp: Comparison, stem: Path) -> list[Path]:
     with matplotlib.rc_context(PAPER_RC):
         fig = Figure(figsize=(3.8, 3.0), layout="constrained")
         ax = fig.add_subplot()
-        keys = _size_key(s, _several_patches(comp.trials)) if len(s) else pd.Series(dtype=object)
+        keys = size_key(s, several_patches(comp.trials)) if len(s) else pd.Series(dtype=object)
         largest = s.loc[s["family"] == "dit", "size_rank"].max() if (s["family"] == "dit").any() else None
         labelled = False
         for run_id, run in s.groupby("run_id", sort=False):
@@ -106,5 +108,5 @@ def plot_sampling_compute(comp: Comparison, stem: Path) -> list[Path]:
 
 def _size_markers(trials: pd.DataFrame) -> dict[str, str]:
     order = trials.sort_values("size_rank", kind="stable") if "size_rank" in trials else trials
-    keys = list(dict.fromkeys(_size_key(order, _several_patches(trials))))
+    keys = list(dict.fromkeys(size_key(order, several_patches(trials))))
     return {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(keys)}

@@ -11,24 +11,26 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from analysis.ablation import AblationTable, ablation_table, baseline_value, detect_switches, fmt_num, fmt_value
+from analysis.ablation import AblationTable, ablation_table, baseline_value, detect_switches
+from analysis.contract import FLOP_CONVENTION as MAC_CONVENTION
 from analysis.fit import Fit, json_safe
 from analysis.frontier import compute_frontier, eval_points, frontier_segments
 from analysis.isoflop import BUDGET_KEY, IsoflopSection, is_isoflop, isoflop_section
-from analysis.load import StudyData, download_run_artifact, open_client, quiet_artifacts
+from analysis.load import StudyData, download_run_artifact, quiet_artifacts
 from analysis.plots import (axis_label, make_style, plot_ablation, plot_block_util,
                             plot_compute_curves, plot_scaling, plot_training_curves, sample_collage)
 from analysis.predict import Prediction, held_out_prediction, prediction_markdown, prediction_section
+from analysis.render import (fmt_num, fmt_value, image_link, log_to_parents, tex_csv_links, values_table,
+                             write_table_files)
 from analysis.scaling import X_AXES, ScalingFits, scaling_fits
 from analysis.select import (Selection, diversity_metric, health_note, lower_is_better, primary_metric,
                              select_trials)
 
-FLOP_CONVENTION = "MAC (DiT): 1 multiply-accumulate = 1 FLOP; gflops_g per image forward, train_flops cumulative"
+FLOP_CONVENTION = f"{MAC_CONVENTION}; gflops_g per image forward, train_flops cumulative"
 TRAINING_PANELS = ("loss_d", "loss_g")  # next to the metric in the training-curve figure
 
 
@@ -53,22 +55,6 @@ class Report:
 
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text).strip("_")
-
-
-def _md_table(frame: pd.DataFrame) -> str:
-    if frame.empty:
-        return "_none_\n"
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(_md_cell(row[c]) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _md_cell(value: Any) -> str:
-    if isinstance(value, (float, np.floating)):
-        return fmt_num(float(value))
-    return fmt_value(value).replace("|", "\\|")
 
 
 def law_label(fit: Fit) -> str:
@@ -209,11 +195,8 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     files += [tables / n for n in ("trials.csv", "excluded.csv", "fits.csv", "frontier.csv", "frontier_segments.csv")]
     for stem_name, table in [*((_slug(s), t) for s, t in ablations.items()),
                              *((f"{_slug(s)}_{diversity}", t) for s, t in diversity_ablations.items())]:
-        stem = tables / f"ablation_{stem_name}"
-        stem.with_suffix(".md").write_text(table.to_markdown())
-        stem.with_suffix(".tex").write_text(table.to_latex())
-        table.to_csv(stem.with_suffix(".csv"))
-        files += [stem.with_suffix(s) for s in (".md", ".tex", ".csv")]
+        files += write_table_files(tables / f"ablation_{stem_name}", table.to_markdown(), table.to_latex(),
+                                   table.to_csv)
 
     # --- plots ---
     figures: dict[str, list[Path] | None] = {}
@@ -257,11 +240,11 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     if iso is not None:
         files += iso.files
         notes += iso.notes()
-        sections.append(iso.markdown(out_dir, _md_table))
+        sections.append(iso.markdown(out_dir, values_table))
     if prediction is not None:
         more, prediction_figures = prediction_section(prediction, metric, tables, plots)
         files += more
-        sections.append(prediction_markdown(prediction, prediction_figures, out_dir, _md_table))
+        sections.append(prediction_markdown(prediction, prediction_figures, out_dir, values_table))
 
     # --- fits.json and report.md ---
     summary = {
@@ -298,24 +281,15 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
 
 def _log(data: StudyData, out_dir: Path, report: Report) -> None:
     """The files this report wrote (not older leftovers in `out_dir`) on each study's parent run, under analysis/."""
-    client = open_client(data.tracking_uri)
-    for study in data.studies:
-        parent = data.parents.get(study)
-        if parent is None:
-            report.notes.append(f"study {study} has no parent run: the analysis is not logged to MLflow")
-            continue
-        for path in report.files:
-            folder = path.parent.relative_to(out_dir).as_posix()
-            client.log_artifact(parent, str(path), artifact_path="analysis" if folder == "." else f"analysis/{folder}")
-        report.logged_to.append(parent)
+    logged, notes = log_to_parents(data.tracking_uri, data.studies, data.parents, report.files, out_dir, "analysis",
+                                   "analysis")
+    report.notes += notes
+    report.logged_to += logged
 
 
 def _img(figures: dict[str, list[Path] | None], name: str, out_dir: Path, alt: str) -> str:
-    paths = figures.get(name)
-    if not paths:
-        return ""
-    png, pdf = (p.relative_to(out_dir).as_posix() for p in paths)
-    return f"![{alt}]({png})\n\n[PDF]({pdf})\n\n"
+    link = image_link(figures.get(name), out_dir, alt)
+    return link + "\n" if link else ""
 
 
 def _excluded_display(data: StudyData, sel: Selection, metric: str, diversity: str | None) -> pd.DataFrame:
@@ -352,12 +326,12 @@ def _markdown(data: StudyData, report: Report, segments: pd.DataFrame, figures: 
     note = health_note(sel)
     if len(sel.excluded):
         md += ["## Excluded trials\n", *([note + "\n"] if note else []),
-               _md_table(_excluded_display(data, sel, metric, diversity))]
+               values_table(_excluded_display(data, sel, metric, diversity))]
     elif note:
         md += ["## Unhealthy trials\n", note + "\n"]
     md += ["## Trials (final values)\n",
            f"Final {metric}" + (f" with {diversity} beside it" if diversity else "") + " of every trial used.\n",
-           _md_table(final_values(sel.usable, metric, diversity, _trial_labels(sel.usable, switches)))]
+           values_table(final_values(sel.usable, metric, diversity, _trial_labels(sel.usable, switches)))]
     md += ["## Scaling fits\n",
            "Pure law `y = a·x^-b` (least squares in log–log space) and saturating law `y = E + a·x^-b` "
            "(Huber loss on log residuals, L-BFGS from a grid of starts). R² is on log y; correlations are "
@@ -367,7 +341,7 @@ def _markdown(data: StudyData, report: Report, segments: pd.DataFrame, figures: 
            "is no scaling law at this scale and is used for no extrapolation or prediction.\n"]
     frame = fits_frame(scaling.fits)
     main = frame[~frame["group"].str.contains("patch=|size=", regex=True)] if len(frame) else frame
-    md.append(_md_table(main.drop(columns=[c for c in ("E", "E_ci95") if c in main and main[c].isna().all()])))
+    md.append(values_table(main.drop(columns=[c for c in ("E", "E_ci95") if c in main and main[c].isna().all()])))
     if len(frame) > len(main):
         md.append(f"\nPer-family fits (patch size, model size): {len(frame) - len(main)} more in "
                   f"[tables/fits.csv](tables/fits.csv) and [fits.json](fits.json).\n")
@@ -383,19 +357,15 @@ def _markdown(data: StudyData, report: Report, segments: pd.DataFrame, figures: 
            "Best value reached at each training compute over all evaluations of all trials, and the "
            "configuration that reaches it.\n",
            _img(figures, "compute_frontier", out_dir, f"{metric} vs training compute"),
-           _md_table(segments.rename(columns={"from_flops": "from (MACs)", "to_flops": "to (MACs)"}))]
+           values_table(segments.rename(columns={"from_flops": "from (MACs)", "to_flops": "to (MACs)"}))]
     if report.ablations:
         md.append("## Ablations\n")
         for switch, table in report.ablations.items():
             slug = _slug(switch)
-            md += [f"### {switch}\n", table.to_markdown(),
-                   f"\nLaTeX: [tables/ablation_{slug}.tex](tables/ablation_{slug}.tex) · "
-                   f"CSV: [tables/ablation_{slug}.csv](tables/ablation_{slug}.csv)\n"]
+            md += [f"### {switch}\n", table.to_markdown(), tex_csv_links(f"ablation_{slug}")]
             if switch in report.diversity_ablations:
                 stem = f"ablation_{slug}_{diversity}"
-                md += [report.diversity_ablations[switch].to_markdown(),
-                       f"\nLaTeX: [tables/{stem}.tex](tables/{stem}.tex) · "
-                       f"CSV: [tables/{stem}.csv](tables/{stem}.csv)\n"]
+                md += [report.diversity_ablations[switch].to_markdown(), tex_csv_links(stem)]
             md.append(_img(figures, f"ablation_{slug}", out_dir, f"ablation of {switch}"))
     md += ["## Training curves\n", _img(figures, "training_curves", out_dir, "training curves")]
     md += ["## Block utilisation of G\n",
@@ -407,5 +377,5 @@ def _markdown(data: StudyData, report: Report, segments: pd.DataFrame, figures: 
         md += [f"- {n}" for n in notes]
         skipped = pd.DataFrame(scaling.skipped)
         if len(skipped):
-            md += ["", f"{len(skipped)} fits were not made:", "", _md_table(skipped)]
+            md += ["", f"{len(skipped)} fits were not made:", "", values_table(skipped)]
     return "\n".join(md) + "\n"
