@@ -1,7 +1,7 @@
 """Run a study on Ray Tune: one Tune trial per grid point, each calling `gat_core.loop.train`.
 
 Resumption is keyed on the trial id (a hash of what the trial learns from,
-`orchestrator.study.identity_items`): trials whose MLflow child run says completed or
+`orchestrator.trial_identity.identity_items`): trials whose MLflow child run says completed or
 diverged are not started again; the others continue from their newest checkpoint, in
 their existing child run.  A completed trial asked for more steps continues from its final
 checkpoint, one whose evaluation settings changed is re-scored (`trial_actions`), and one
@@ -24,9 +24,11 @@ from mlflow.entities import RunTag
 
 from orchestrator.plan import compute_columns
 from orchestrator.progress import ProgressTable
-from orchestrator.study import Study, StudyError, evaluation_items, flatten, same_evaluation, same_identity
+from orchestrator.study import Study, StudyError
+from orchestrator.study_file import flatten
 from orchestrator.tracking import (EARLIER_ID_TAG, EVAL_TAG, FINAL_STATUSES, HEALTH_REASON_TAG, HEALTH_TAG,
                                    StudyTracker, TrialLogger)
+from orchestrator.trial_identity import evaluation_items, same_evaluation, same_identity
 
 log = logging.getLogger(__name__)
 

@@ -7,48 +7,24 @@ expected, and is raised before anything runs.
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
 import itertools
 import json
 import math
 import re
-import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gat_core.config import DataConfig, EvalConfig, ModelConfig, StrictModel, TrainConfig, TrialConfig
 from gat_core.weights import missing_weights
+from orchestrator.study_file import (TRIAL_SECTIONS, StudyError, apply_overrides, check_values, flatten, read_yaml,
+                                     set_dotted, short_repr)
+from orchestrator.trial_identity import trial_hash
 
-TRIAL_SECTIONS = ("dataset", "model", "train", "eval")
 _KEY_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+(?:\.[a-z_0-9]+)+): (.*)$", re.S)
-MAX_VALUES = 100_000  # values in a parsed study, aliases expanded: a "billion laughs" file stops here
-MAX_DEPTH = 64  # nesting levels of a parsed study
 MAX_GRID_POINTS = 10_000
-INT_LIMIT = 2**63 - 1  # what torch, numpy and MLflow can take
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 80
-_REPR.maxlong = 40
-_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 6
-_REPR.maxlevel = 3
-
-
-def _short(value: Any) -> str:
-    """A repr short enough for an error line, whatever the value."""
-    return _REPR.repr(value)
-
-
-class StudyError(ValueError):
-    """A study that cannot run; `problems` are 'where: key: what' lines."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 class ResourcesConfig(StrictModel):
@@ -98,7 +74,7 @@ def _flat_keys(entry: Any, where: str) -> dict[str, Any]:
     """A size mapping with nested sections (`{model: {width: 32}}`) as dotted keys (`{model.width: 32}`)."""
     if not isinstance(entry, dict) or not entry:
         raise ValueError(f"{where}: expected a preset name or a non-empty mapping of dotted keys "
-                         f"(e.g. {{model.width: 32, model.depth: 2}}), got {_short(entry)}")
+                         f"(e.g. {{model.width: 32, model.depth: 2}}), got {short_repr(entry)}")
     flat: dict[str, Any] = {}
     for key, value in entry.items():
         key = str(key)
@@ -130,7 +106,7 @@ class IsoflopConfig(StrictModel):
     @classmethod
     def _no_booleans(cls, budgets: Any) -> Any:
         if isinstance(budgets, list) and any(isinstance(b, bool) for b in budgets):
-            raise ValueError(f"expected numbers of MACs such as 1e13, got {_short(budgets)}")
+            raise ValueError(f"expected numbers of MACs such as 1e13, got {short_repr(budgets)}")
         return budgets
 
     @field_validator("budgets")
@@ -161,10 +137,10 @@ class IsoflopConfig(StrictModel):
                        for i, e in enumerate(sizes)]
         else:
             raise ValueError(f"{where}: expected a list of sizes or a mapping of dotted keys to lists, "
-                             f"got {_short(sizes)}")
+                             f"got {short_repr(sizes)}")
         for i, entry in enumerate(entries):
             if entry in entries[:i]:
-                raise ValueError(f"{where}: sizes {entries.index(entry)} and {i} are the same ({_short(entry)})")
+                raise ValueError(f"{where}: sizes {entries.index(entry)} and {i} are the same ({short_repr(entry)})")
         return entries
 
     def keys(self) -> set[str]:
@@ -296,102 +272,6 @@ class Study:
     trials: list[Trial]
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
-
-
-def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """Set `a.b.c` in a nested dict; a dict value merges into what is there."""
-    *parents, leaf = key.split(".")
-    node = tree
-    for part in parents:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-        node[leaf] = {**node[leaf], **value}
-    else:
-        node[leaf] = value
-
-
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-
-
-class _StudyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader with YAML 1.2 booleans and strict mappings.
-
-    Only true/false (any case style) are booleans: YAML 1.1's on/off/yes/no stay strings, so
-    `train.mng: [exp, off]` means the schedule named "off" (a boolean field still takes "off" as
-    false).  A key given twice in one mapping is an error, not a silent last-one-wins.  Unreadable
-    scalars (2001-02-30, `!!int many`, a 5000-digit int) are YAML errors with a position instead of a
-    ValueError from deep inside the constructor."""
-
-    yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {_short(key)} (a key may appear once in a mapping)", key_node.start_mark)
-            seen.add(key) if isinstance(key, (str, int, float, bool)) else None
-        return super().construct_mapping(node, deep)
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)
-        except (ValueError, TypeError, AttributeError, OverflowError):
-            problem = f"cannot read {_short(node.value)[1:-1]} as a YAML {node.tag.rsplit(':', 1)[-1]}"
-            raise yaml.constructor.ConstructorError(
-                None, None, f"{problem} (quote it to make it a string)", node.start_mark) from None
-
-
-_StudyLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-
-
-def _safe_load(text: str) -> Any:
-    """yaml.safe_load with the errors above; RecursionError (absurd nesting) is left to the caller."""
-    return yaml.load(text, Loader=_StudyLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`train.steps=200` -> ('train.steps', 200); values are YAML (numbers, lists, true/false)."""
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_/.-]+)*", key):
-        raise StudyError([f"--set {text}: expected KEY=VALUE with a dotted key, e.g. train.steps=200"])
-    try:
-        return key, _safe_load(value)
-    except (yaml.YAMLError, RecursionError) as exc:
-        problem = getattr(exc, "problem", None) or "nested too deeply"
-        raise StudyError([f"--set {_short(text)[1:-1]}: value is not valid YAML ({problem})"]) from None
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    raw = copy.deepcopy(raw)
-    for text in overrides:
-        key, value = parse_override(text)
-        if key.startswith("grid."):
-            raw.setdefault("grid", {})
-            if not isinstance(raw["grid"], dict):
-                raise StudyError([f"--set {text}: the study's grid is not a mapping"])
-            raw["grid"][key[len("grid."):]] = value if isinstance(value, list) else [value]
-        else:
-            set_dotted(raw, key, value)
-    return raw
-
-
 def _format_errors(exc: ValidationError, where: str, prefix: str = "") -> list[str]:
     lines = []
     for err in exc.errors():
@@ -405,79 +285,11 @@ def _format_errors(exc: ValidationError, where: str, prefix: str = "") -> list[s
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], dict):
-            msg = f"{msg} (got {_short(err['input'])})"
+            msg = f"{msg} (got {short_repr(err['input'])})"
         if len(msg) > 500:  # a validator that quotes a huge input
             msg = msg[:500] + " ..."
         lines.append(f"{where}: {key or '<top level>'}: {msg}")
     return lines
-
-
-def _line_column(data: bytes | str, offset: int) -> str:
-    """'line:column' (1-based) of an offset into a file's bytes or text."""
-    newline = b"\n" if isinstance(data, bytes) else "\n"
-    return f"{data.count(newline, 0, offset) + 1}:{offset - (data.rfind(newline, 0, offset) + 1) + 1}"
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Parse a UTF-8 study file with a safe loader; errors carry the line and column."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise StudyError([f"{path}: cannot read study file ({exc.strerror or exc})"]) from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise StudyError([f"{path}:{_line_column(data, exc.start)}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
-                          "save the file as UTF-8"]) from None
-    try:
-        raw = _safe_load(text)
-    except RecursionError:
-        raise StudyError([f"{path}: invalid YAML: nested too deeply"]) from None
-    except yaml.YAMLError as exc:
-        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None) or str(exc)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow, e.g. NUL
-            where, problem = f"{path}:{_line_column(text, exc.position)}", f"character {exc.character!r} is not allowed"
-        elif "'\\t'" in problem:
-            problem = "a tab where YAML expects spaces (tabs cannot indent YAML)"
-        raise StudyError([f"{where}: invalid YAML: {problem}"]) from None
-    if raw is None:
-        raise StudyError([f"{path}: the study file is empty; it needs at least `name: ...`"])
-    if not isinstance(raw, dict):
-        raise StudyError([f"{path}: a study file must be a mapping of keys (name, dataset, model, ...), got {type(raw).__name__}"])
-    return raw
-
-
-def check_values(tree: Any, where: str) -> list[str]:
-    """Problems of a parsed study that the schema cannot check safely, as 'where: key: what' lines: more than
-    MAX_VALUES values once YAML aliases are expanded, self-reference, deep nesting, non-finite floats, integers
-    beyond 64 bits and NUL characters (which no path can hold)."""
-    problems: list[str] = []
-    stack: list[tuple[Any, str, tuple[int, ...]]] = [(tree, "", ())]  # value, dotted key, ids of its containers
-    count = 0
-    while stack and len(problems) < 20:
-        value, key, above = stack.pop()
-        count += 1
-        if count > MAX_VALUES:
-            return [f"{where}: {key.split('.')[0] or '<top level>'}: the study expands to more than {MAX_VALUES} "
-                    "values (YAML aliases repeating a large block?)"]
-        if isinstance(value, (dict, list)):
-            if id(value) in above:
-                problems.append(f"{where}: {key}: refers to itself (a recursive YAML alias)")
-            elif len(above) >= MAX_DEPTH:
-                problems.append(f"{where}: {key}: nested more than {MAX_DEPTH} levels deep")
-            else:
-                items = value.items() if isinstance(value, dict) else enumerate(value)
-                children = [(child, f"{key}.{k}" if key else str(k), (*above, id(value))) for k, child in items]
-                stack += reversed(children)  # depth first, in file order
-        elif isinstance(value, float) and not math.isfinite(value):
-            problems.append(f"{where}: {key}: must be a finite number (got {value})")
-        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_LIMIT:
-            problems.append(f"{where}: {key}: out of range: integers must lie within +-(2**63 - 1) "
-                            f"(got {_short(value)})")
-        elif isinstance(value, str) and "\0" in value:
-            problems.append(f"{where}: {key}: contains a NUL character ({_short(value)})")
-    return problems
 
 
 def path_problems(config: StrictModel) -> list[str]:
@@ -491,7 +303,7 @@ def path_problems(config: StrictModel) -> list[str]:
             except (FileNotFoundError, NotADirectoryError, PermissionError):
                 pass
             except OSError as exc:
-                problems.append(f"{key}: unusable path {_short(str(value))} ({exc.strerror})")
+                problems.append(f"{key}: unusable path {short_repr(str(value))} ({exc.strerror})")
     return problems
 
 
@@ -553,126 +365,6 @@ def _slug(swept: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9=_.,/-]+", "", ",".join(parts))[:120]
 
 
-# --- trial identity ------------------------------------------------------------------------------
-# A trial is what it learns from: its data, model, objective and optimiser settings and its seed.  Every
-# key of a trial's config is identity except the ones below, grouped by what a change of them does to a
-# trial that exists already (`orchestrator.runner` acts on the groups; README "Extending and growing a
-# study" lists them).  A key is matched with its sub-keys (`eval` covers `eval.metric`, ...); the most
-# specific entry wins.  A new config key is identity until it is listed here.
-#
-# No training schedule depends on the total number of steps (the learning rates are constant, the EMA
-# warm-up and the MNG levels depend on the current step only), so the first N steps of a longer trial are
-# the steps of a shorter one: that is what makes `train.steps` a length and not an identity.  A schedule
-# tied to the total (a warm-up or a decay over `train.steps`) would make `train.steps` identity.
-LENGTH, EVALUATION, BOOKKEEPING = "length", "evaluation", "bookkeeping"
-NOT_IDENTITY: dict[str, str] = {
-    # length: raising it continues a finished trial from its last checkpoint; lowering it is refused
-    "train.steps": LENGTH,
-    "train.flops_budget": LENGTH,  # it only sets train.steps
-    # evaluation: a change re-scores a finished trial's saved model (its final evaluation and health verdict)
-    "eval": EVALUATION,  # metric, extra_metrics, final_samples, diversity, health thresholds, weights, ...
-    "train.diffusion.sampler": EVALUATION,  # how a DiT is sampled, not how it learns
-    "train.diffusion.sample_steps": EVALUATION,
-    "train.diffusion.eval_nfe": EVALUATION,
-    "train.diffusion.guidance": EVALUATION,
-    # bookkeeping: a change retrains and re-scores nothing; it applies to steps trained from now on
-    "eval.interval": BOOKKEEPING,
-    "eval.num_samples": BOOKKEEPING,  # samples of the in-training evaluations
-    "eval.grid_size": BOOKKEEPING,
-    "eval.batch_size": BOOKKEEPING,  # memory, not the score
-    "train.log_every": BOOKKEEPING,
-    "train.checkpoint_every": BOOKKEEPING,
-    "train.device": BOOKKEEPING,
-    "train.compile": BOOKKEEPING,  # the same computation, compiled
-    "train.grad_checkpoint": BOOKKEEPING,  # the same computation, activations recomputed
-    "train.collapse_loss_d": BOOKKEEPING,  # early stops of diverging trials: monitoring, not learning
-    "train.collapse_diversity": BOOKKEEPING,
-    "train.collapse_patience": BOOKKEEPING,
-}
-
-
-def key_role(key: str) -> str:
-    """'identity', or the NOT_IDENTITY group of a dotted config key (its most specific entry)."""
-    parts = key.split(".")
-    for end in range(len(parts), 0, -1):
-        role = NOT_IDENTITY.get(".".join(parts[:end]))
-        if role is not None:
-            return role
-    return "identity"
-
-
-def param_text(value: Any) -> str:
-    """A config value as the child run's MLflow param holds it (lists and mappings as JSON)."""
-    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-
-
-def swept_keys(swept: dict[str, Any]) -> list[str]:
-    """The dotted trial keys a grid point sets (linked sets and section mappings expanded)."""
-    keys: list[str] = []
-    for key, value in swept.items():
-        if not isinstance(value, dict):
-            keys.append(key)
-        elif key.split(".")[0] in TRIAL_SECTIONS:  # `model: [{width: 96, heads: 4}, ...]`
-            keys += [f"{key}.{k}" for k in value]
-        else:  # a named linked set: its entries are dotted keys already
-            keys += [str(k) for k in value]
-    return keys
-
-
-def _overlapping(key: str, others: list[str]) -> bool:
-    return any(key == o or key.startswith(o + ".") or o.startswith(key + ".") for o in others)
-
-
-def identity_items(config: TrialConfig, swept: dict[str, Any] | None = None) -> dict[str, str]:
-    """The dotted keys and values (as param text) a trial's id hashes: its identity keys, and every key its
-    grid point sweeps whatever its group (two grid points are two trials: an isoFLOP study's budgets, a grid
-    over `train.steps`)."""
-    set_by_grid = swept_keys(swept or {})
-    return {key: param_text(value) for key, value in sorted(flatten(config.model_dump(mode="json")).items())
-            if key_role(key) == "identity" or _overlapping(key, set_by_grid)}
-
-
-def trial_hash(config: TrialConfig, swept: dict[str, Any] | None = None) -> str:
-    """Stable id of a trial: a hash of `identity_items`, so the same trial keeps its id when its length or
-    its bookkeeping changes."""
-    canonical = json.dumps(identity_items(config, swept), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
-
-
-def legacy_trial_hash(config: TrialConfig) -> str:
-    """The id gat-study gave a trial before identity keys existed: a hash of its whole config."""
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
-
-
-def evaluation_items(values: dict[str, Any]) -> dict[str, str]:
-    """The evaluation keys (and values as param text) of a flattened trial config, or of a child run's
-    params: the settings a finished trial is scored under."""
-    return {k: param_text(v) for k, v in sorted(values.items()) if key_role(k) == EVALUATION}
-
-
-@functools.cache
-def _default_items() -> dict[str, str]:
-    return {k: param_text(v) for k, v in flatten(TrialConfig().model_dump(mode="json")).items()}
-
-
-def _matches(items: dict[str, str], recorded: dict[str, str]) -> bool:
-    """Every item equal to its recorded value; a key not recorded (an option added to gat-study since)
-    counts as equal when the item has that option's default."""
-    defaults = _default_items()
-    return all((recorded[key] if key in recorded else defaults.get(key)) == text for key, text in items.items())
-
-
-def same_identity(trial: Trial, params: dict[str, str]) -> bool:
-    """Whether a child run's params (the flattened config it was created with) hold this trial's identity."""
-    return _matches(identity_items(trial.config, trial.swept), params)
-
-
-def same_evaluation(trial: Trial, scored_under: dict[str, str]) -> bool:
-    """Whether a finished trial scored under `scored_under` (evaluation items) needs no re-score for `trial`."""
-    return _matches(evaluation_items(trial.params()), scored_under)
-
-
 def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     """Read, override, validate and expand a study; raises StudyError listing every problem."""
     path = Path(path)
@@ -705,7 +397,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
         try:
             trial_cfg = TrialConfig.model_validate(absolute_paths(tree, cwd))
         except ValidationError as exc:
-            label = ", ".join(f"{k}={_short(v)}" for k, v in point.items()) or "base config"
+            label = ", ".join(f"{k}={short_repr(v)}" for k, v in point.items()) or "base config"
             problems += [f"{line} [grid point {index}: {label}]" for line in _format_errors(exc, where)]
             continue
         problems += [f"{where}: {line}" for line in

@@ -17,8 +17,9 @@ from gat_core.config import TrialConfig
 from gat_core.loop import rescore, train
 from orchestrator.cli import main
 from orchestrator.runner import run_study, trial_actions
-from orchestrator.study import (NOT_IDENTITY, StudyError, evaluation_items, flatten, identity_items, key_role,
-                                legacy_trial_hash, load_study, same_evaluation, same_identity, trial_hash)
+from orchestrator.study import StudyError, flatten, load_study
+from orchestrator.trial_identity import (NOT_IDENTITY, evaluation_items, identity_items, key_role, legacy_trial_hash,
+                                         same_evaluation, same_identity, trial_hash)
 from orchestrator.tracking import EARLIER_ID_TAG, EVAL_TAG, ROLE_TAG
 from tests.conftest import tiny_study, write_study
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.study import StudyError, expand_grid, load_study, parse_override
+from orchestrator.study import StudyError, expand_grid, load_study
+from orchestrator.study_file import parse_override
 
 BASE = {
     "name": "unit",
