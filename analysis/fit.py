@@ -171,7 +171,11 @@ def _model_parts(thetas: np.ndarray, lx: np.ndarray) -> tuple[np.ndarray, np.nda
     e, u = thetas[:, :1], thetas[:, 1:2] - thetas[:, 2:3] * lx
     d = e - u
     t = np.exp(-np.abs(d))
-    return np.maximum(e, u) + np.log1p(t), np.where(d >= 0, 1.0, t) / (1.0 + t)
+    share = np.where(d >= 0, 1.0, t)
+    share /= 1.0 + t
+    np.maximum(e, u, out=u)
+    u += np.log1p(t)
+    return u, share
 
 
 def _huber(r: np.ndarray, delta: float) -> np.ndarray:
@@ -204,6 +208,48 @@ def _least_squares(start: np.ndarray, lx: np.ndarray, ly: np.ndarray, delta: flo
     return res.x, float(_huber_cost(_residuals(res.x, lx, ly), delta))
 
 
+_BLOCK_ROWS = 64  # rows per block: the (block, n) temporaries stay in cache instead of megabytes per operation
+
+
+def _blocks(count: int) -> list[slice]:
+    return [slice(i, min(i + _BLOCK_ROWS, count)) for i in range(0, count, _BLOCK_ROWS)]
+
+
+def _row(x: np.ndarray, block: slice) -> np.ndarray:
+    return x[block] if x.ndim == 2 else x
+
+
+def _evaluate(thetas: np.ndarray, lx: np.ndarray, ly: np.ndarray,
+              delta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log prediction, share of E, Huber cost) of rows of thetas, block by block."""
+    pred, share, cost = np.empty(ly.shape), np.empty(ly.shape), np.empty(len(thetas))
+    for block in _blocks(len(thetas)):
+        pred[block], share[block] = _model_parts(thetas[block], _row(lx, block))
+        cost[block] = _huber_cost(pred[block] - ly[block], delta)
+    return pred, share, cost
+
+
+def _linearise(pred: np.ndarray, share: np.ndarray, lx: np.ndarray, ly: np.ndarray,
+               delta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gradient, Huber Gauss-Newton curvature, IRLS curvature's diagonal) of the Huber cost, block by block:
+    the curvature is the points' inside delta (the only ones the Huber loss curves at); the reweighted
+    (delta / |r|) one, never zero wherever the data move a parameter, scales the damping."""
+    grad, hess, scale = np.empty((len(pred), 3)), np.empty((len(pred), 3, 3)), np.empty((len(pred), 3))
+    for block in _blocks(len(pred)):
+        x, r, s = _row(lx, block), pred[block] - ly[block], share[block]
+        absr = np.abs(r)
+        inside = absr <= delta
+        psi = np.clip(r, -delta, delta)   # the Huber loss's derivative
+        rest = 1.0 - s                    # d pred / d alpha; d pred / d b = -lx * rest
+        psi_rest = psi * rest
+        grad[block] = np.stack([(psi * s).sum(1), psi_rest.sum(1), -(psi_rest * x).sum(1)], axis=1)
+        hess[block] = _normal_matrix(inside.astype(float), s, rest, x)
+        w = np.where(inside, 1.0, delta / np.maximum(absr, 1e-300))
+        wr = w * rest * rest
+        scale[block] = np.stack([(w * s * s).sum(1), wr.sum(1), (wr * x * x).sum(1)], axis=1)
+    return grad, hess, scale
+
+
 def _gauss_newton(thetas: np.ndarray, lx: np.ndarray, ly: np.ndarray, delta: float, lo: np.ndarray, hi: np.ndarray,
                   iterations: int = _LM_ITERATIONS, ftol: float = 1e-12,
                   xtol: float = 1e-10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -212,51 +258,44 @@ def _gauss_newton(thetas: np.ndarray, lx: np.ndarray, ly: np.ndarray, delta: flo
     `lx` (B, n) or (n,), `ly` (B, n), bounds `lo`/`hi` (B, 3).  Rows never go uphill; a parameter at a
     bound that the gradient pushes outwards is held for that step.  A row has converged when a nearly
     undamped step changes its cost or its parameters no more than `ftol`/`xtol`; one that stalls (steps
-    rejected up to a huge damping) or runs out of iterations is returned as not converged.
+    rejected up to a huge damping) or runs out of iterations is returned as not converged.  Finished rows
+    leave the working arrays, and an accepted step's model values are those of the next iteration.
     Returns (thetas, costs, converged).
     """
     thetas = np.clip(np.array(thetas, float), lo, hi)
-    lx = np.broadcast_to(lx, ly.shape)
-    cost = _huber_cost(_model_parts(thetas, lx)[0] - ly, delta)
+    converged = np.zeros(len(thetas), bool)
+    rows = np.arange(len(thetas))  # the working rows, by their index in `thetas`
+    theta, x, y, low, high = thetas.copy(), lx, ly, lo, hi
+    pred, share, work_cost = _evaluate(theta, x, y, delta)
+    cost = work_cost.copy()
     lam = np.full(len(thetas), 1e-3)
-    active, converged = np.ones(len(thetas), bool), np.zeros(len(thetas), bool)
     for _ in range(iterations):
-        rows = np.flatnonzero(active)
         if not len(rows):
             break
-        theta, x, y, low, high, damping = thetas[rows], lx[rows], ly[rows], lo[rows], hi[rows], lam[rows]
-        pred, share = _model_parts(theta, x)
-        r = pred - y
-        absr = np.abs(r)
-        inside = absr <= delta
-        psi = np.clip(r, -delta, delta)   # the Huber loss's derivative
-        rest = 1.0 - share                # d pred / d alpha; d pred / d b = -lx * rest
-        psi_rest = psi * rest
-        grad = np.stack([(psi * share).sum(1), psi_rest.sum(1), -(psi_rest * x).sum(1)], axis=1)
+        grad, hess, scale = _linearise(pred, share, x, y, delta)
         held = ((theta <= low) & (grad > 0)) | ((theta >= high) & (grad < 0))
         grad = np.where(held, 0.0, grad)
         stationary = ~grad.any(axis=1)
-        # the curvature of the Huber loss: the points inside delta; the damping is scaled by the reweighted
-        # (IRLS, delta / |r|) curvature, which is not zero wherever the data move the parameter
-        hess = _normal_matrix(np.where(inside, 1.0, 0.0), share, rest, x)
-        w = np.where(inside, 1.0, delta / np.maximum(absr, 1e-300))
-        wr = w * rest * rest
-        scale = np.stack([(w * share * share).sum(1), wr.sum(1), (wr * x * x).sum(1)], axis=1)
-        pair = held[:, :, None] | held[:, None, :]
-        hess = np.where(pair, 0.0, hess)
-        damp = np.where(held, 1.0, damping[:, None] * scale + 1e-12)
+        hess = np.where(held[:, :, None] | held[:, None, :], 0.0, hess)
+        damp = np.where(held, 1.0, lam[:, None] * scale + 1e-12)
         step = _solve(hess + damp[:, :, None] * np.eye(3), -grad)
         candidate = np.clip(theta + step, low, high)
-        new = _huber_cost(_model_parts(candidate, x)[0] - y, delta)
-        better = new < cost[rows]
-        small = ((cost[rows] - new <= ftol * cost[rows])
+        new_pred, new_share, new = _evaluate(candidate, x, y, delta)
+        better = new < work_cost
+        small = ((work_cost - new <= ftol * work_cost)
                  | (np.abs(candidate - theta).max(1) <= xtol * (1.0 + np.abs(theta).max(1))))
-        finished = stationary | (better & small & (damping <= 1e-2))
-        stalled = ~better & (damping >= 1e8)
-        thetas[rows[better]], cost[rows[better]] = candidate[better], new[better]
-        lam[rows] = np.clip(np.where(better, damping / 5, damping * 5), 1e-12, 1e10)
+        finished = stationary | (better & small & (lam <= 1e-2))
+        stalled = ~better & (lam >= 1e8)
+        theta[better], work_cost[better] = candidate[better], new[better]
+        pred[better], share[better] = new_pred[better], new_share[better]
+        lam = np.clip(np.where(better, lam / 5, lam * 5), 1e-12, 1e10)
+        thetas[rows], cost[rows] = theta, work_cost
         converged[rows[finished]] = True
-        active[rows[finished | stalled]] = False
+        keep = ~(finished | stalled)
+        if not keep.all():
+            rows, theta, work_cost, lam, pred, share, y, low, high = (
+                v[keep] for v in (rows, theta, work_cost, lam, pred, share, y, low, high))
+            x = x[keep] if x.ndim == 2 else x
     return thetas, cost, converged
 
 
