@@ -180,10 +180,29 @@ def _one_by_one(client: Any, run_ids: Sequence[str], key: str) -> list[HistoryRo
 
 
 def _from_sql(store: Any, run_ids: Sequence[str], key: str) -> list[HistoryRow]:
-    """A database store (sqlite, postgres, ...): one query per `SQL_RUNS_PER_QUERY` runs."""
-    return [(m.run_id, key, int(m.step), float(m.value), int(m.timestamp))
-            for i in range(0, len(run_ids), SQL_RUNS_PER_QUERY)
-            for m in store.get_metric_history_bulk(list(run_ids[i:i + SQL_RUNS_PER_QUERY]), key, max_results=2 ** 62)]
+    """A database store (sqlite, postgres, ...): one query per `SQL_RUNS_PER_QUERY` runs, for the five columns
+    of MLflow's own metrics model (`_sql_columns`), else through the store's get_metric_history_bulk, which
+    builds an ORM object and an entity per value: 14 s instead of about 1 for 1,000 trials x 381 values."""
+    batches = [list(run_ids[i:i + SQL_RUNS_PER_QUERY]) for i in range(0, len(run_ids), SQL_RUNS_PER_QUERY)]
+    try:
+        return _sql_columns(store, batches, key)
+    except (ImportError, AttributeError):  # an MLflow without that model: its bulk API
+        return [(m.run_id, key, int(m.step), float(m.value), int(m.timestamp))
+                for batch in batches for m in store.get_metric_history_bulk(batch, key, max_results=2 ** 62)]
+
+
+def _sql_columns(store: Any, batches: Sequence[list[str]], key: str) -> list[HistoryRow]:
+    """The values of `key` for batches of runs as plain columns of MLflow's `SqlMetric` (NaN as its is_nan flag)."""
+    import sqlalchemy as sa
+    from mlflow.store.tracking.dbmodels.models import SqlMetric
+
+    columns = (SqlMetric.run_uuid, SqlMetric.step, SqlMetric.value, SqlMetric.timestamp, SqlMetric.is_nan)
+    nan = float("nan")
+    with store.ManagedSessionMaker() as session:
+        return [(run_id, key, int(step), nan if is_nan else float(value), int(timestamp))
+                for batch in batches
+                for run_id, step, value, timestamp, is_nan in
+                session.execute(sa.select(*columns).where(SqlMetric.key == key, SqlMetric.run_uuid.in_(batch)))]
 
 
 def _from_server(client: Any, store: Any, run_ids: Sequence[str], key: str) -> list[HistoryRow]:

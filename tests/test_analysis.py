@@ -182,8 +182,16 @@ def test_histories_of_a_sqlite_store_in_bulk_equal_the_run_by_run_ones(store: st
     monkeypatch.setattr(load, "SQL_RUNS_PER_QUERY", 3)  # several queries per key, as for a large study
     data = load_studies(store, "some-diverged")
     assert not calls
-    pd.testing.assert_frame_equal(_sorted(data.history), _run_by_run(store, "some-diverged"))
+    expected = _run_by_run(store, "some-diverged")
+    pd.testing.assert_frame_equal(_sorted(data.history), expected)
     assert np.isnan(data.history["value"]).any()  # the diverged trial's non-finite losses come through
+
+    def no_model(*args):
+        raise ImportError("an MLflow without mlflow.store.tracking.dbmodels")
+
+    monkeypatch.setattr(load, "_sql_columns", no_model)  # then the store's get_metric_history_bulk
+    pd.testing.assert_frame_equal(_sorted(load_studies(store, "some-diverged").history), expected)
+    assert not calls
 
 
 def test_histories_from_a_tracking_server_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
