@@ -29,10 +29,12 @@ def eval_points(history: pd.DataFrame, trials: pd.DataFrame, metric: str, labels
     flops = history[history["key"] == "train_flops"][["run_id", "step", "value"]]
     parts = []
     per_run = trials.set_index("run_id")
+    flops_of = {run_id: group for run_id, group in flops.groupby("run_id", sort=False)}  # not a scan per run
+    no_flops = flops.iloc[:0]
     for run_id, group in values.groupby("run_id", sort=False):
         if run_id not in per_run.index:
             continue
-        logged = flops[flops["run_id"] == run_id].sort_values("step")
+        logged = flops_of.get(run_id, no_flops).sort_values("step")
         steps = group["step"].to_numpy(float)
         if len(logged) >= 2:
             compute = np.interp(steps, logged["step"].to_numpy(float), logged["value"].to_numpy(float))
@@ -41,15 +43,17 @@ def eval_points(history: pd.DataFrame, trials: pd.DataFrame, metric: str, labels
         else:
             row = per_run.loc[run_id]
             compute = steps * float(row.get("macs_per_sample_iter", np.nan)) * float(row.get("train.batch_size", np.nan))
-        part = group.assign(train_flops=compute)
-        for col in (*LABEL_COLUMNS, *labels):
-            if col in per_run.columns:
-                part[col] = per_run.at[run_id, col]
-        parts.append(part)
+        parts.append(group.assign(train_flops=compute))
     columns = ["run_id", "step", "value", "train_flops", *LABEL_COLUMNS, *labels]
     if not parts:
         return pd.DataFrame(columns=columns)
-    return pd.concat(parts, ignore_index=True)
+    # the labels joined once, not set column by column on each run's part
+    named = [col for col in dict.fromkeys((*LABEL_COLUMNS, *labels)) if col in per_run.columns]
+    out = pd.concat(parts, ignore_index=True).join(per_run[named], on="run_id")
+    for col in named:  # whole numbers as plain int64, as a value set on each part gave them
+        if isinstance(out[col].dtype, pd.Int64Dtype) and out[col].notna().all():
+            out[col] = out[col].astype("int64")
+    return out
 
 
 def compute_frontier(points: pd.DataFrame, lower_is_better: bool = True, positive_only: bool = True) -> pd.DataFrame:
