@@ -8,6 +8,23 @@ reads them; `analysis.synthetic` writes synthetic studies by the same names.  Pl
 from __future__ import annotations
 
 import re
+from typing import Any
+
+# --- params -----------------------------------------------------------------------------------------
+TRIAL_SECTIONS = ("dataset", "model", "train", "eval")  # a trial config's sections: its params' first dotted part
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys (`model.width`): how a trial run's params name its config."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
 
 # --- tags -----------------------------------------------------------------------------------------
 STUDY_TAG = "gat_study.study"  # the study's name, on the parent run and on every trial run

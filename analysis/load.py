@@ -21,7 +21,8 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from analysis.contract import HEALTH_REASON_TAG, HEALTH_TAG, PARENT_TAG, ROLE_TAG, STUDY_TAG
+from analysis.contract import (HEALTH_REASON_TAG, HEALTH_TAG, PARENT_TAG, ROLE_TAG, STUDY_TAG, TRIAL_SECTIONS,
+                               flatten)
 from analysis.errors import AnalysisError
 
 COMPUTE_COLUMNS = ("gflops_g", "gflops_d", "params_g", "params_d", "macs_per_sample_iter")
@@ -377,17 +378,7 @@ def _base_config(client: Any, parent: Any) -> dict[str, Any]:
             tree = json.loads(Path(path).read_text())
     except Exception:  # artifact missing or unreadable: the baseline falls back to a rule
         return {}
-
-    def flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            if isinstance(value, dict):
-                out.update(flatten(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    return flatten({k: v for k, v in tree.items() if k in ("dataset", "model", "train", "eval")})
+    return flatten({k: v for k, v in tree.items() if k in TRIAL_SECTIONS})
 
 
 def load_studies(tracking_uri: str, studies: str | Sequence[str], extra_keys: Sequence[str] = (),

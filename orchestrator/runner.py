@@ -1,11 +1,10 @@
 """Run a study on Ray Tune: one Tune trial per grid point, each calling `gat_core.loop.train`.
 
-Resumption is keyed on the trial id (a hash of what the trial learns from,
-`orchestrator.trial_identity.identity_items`): trials whose MLflow child run says completed or
-diverged are not started again; the others continue from their newest checkpoint, in
-their existing child run.  A completed trial asked for more steps continues from its final
-checkpoint, one whose evaluation settings changed is re-scored (`trial_actions`), and one
-asked for fewer steps is refused before anything runs.
+Resumption is keyed on the trial id (a hash of what it learns from, `orchestrator.trial_identity`): trials
+whose MLflow child run says completed or diverged are not started again; the others continue from their
+newest checkpoint, in their existing child run.  A completed trial asked for more steps continues from its
+final checkpoint, one whose evaluation settings changed is re-scored (`trial_actions`), and one asked for
+fewer steps is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -25,10 +24,9 @@ from mlflow.entities import RunTag
 from orchestrator.plan import compute_columns
 from orchestrator.progress import ProgressTable
 from orchestrator.study import Study, StudyError
-from orchestrator.study_file import flatten
 from orchestrator.tracking import (EARLIER_ID_TAG, EVAL_TAG, FINAL_STATUSES, HEALTH_REASON_TAG, HEALTH_TAG,
                                    StudyTracker, TrialLogger)
-from orchestrator.trial_identity import evaluation_items, same_evaluation, same_identity
+from orchestrator.trial_identity import config_params, evaluation_items, same_evaluation, same_identity
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +217,7 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
     if not reported_final:  # finished in an earlier attempt whose last writes may not have reached MLflow
         logger.log(result.step, result.metrics)
     # the settings of the final evaluation, when this attempt ran it (a result saved earlier keeps its record)
-    scored = {EVAL_TAG: json.dumps(evaluation_items(flatten(cfg.model_dump(mode="json"))))} if reported_final else {}
+    scored = {EVAL_TAG: json.dumps(evaluation_items(config_params(cfg)))} if reported_final else {}
     logger.finish(result.status, result.step, result.reason, health=(result.health, result.health_reason),
                   tags=scored)
 

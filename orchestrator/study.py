@@ -17,10 +17,10 @@ from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from analysis.contract import TRIAL_SECTIONS, flatten
 from gat_core.config import DataConfig, EvalConfig, ModelConfig, StrictModel, TrainConfig, TrialConfig
 from gat_core.weights import missing_weights
-from orchestrator.study_file import (TRIAL_SECTIONS, StudyError, apply_overrides, check_values, flatten, read_yaml,
-                                     set_dotted, short_repr)
+from orchestrator.study_file import StudyError, apply_overrides, check_values, read_yaml, set_dotted, short_repr
 from orchestrator.trial_identity import trial_hash
 
 _KEY_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+(?:\.[a-z_0-9]+)+): (.*)$", re.S)

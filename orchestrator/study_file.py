@@ -15,7 +15,6 @@ from typing import Any
 
 import yaml
 
-TRIAL_SECTIONS = ("dataset", "model", "train", "eval")
 MAX_VALUES = 100_000  # values in a parsed study, aliases expanded: a "billion laughs" file stops here
 MAX_DEPTH = 64  # nesting levels of a parsed study
 INT_LIMIT = 2**63 - 1  # what torch, numpy and MLflow can take
@@ -38,17 +37,6 @@ class StudyError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

@@ -9,13 +9,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from analysis.contract import TRIAL_SECTIONS, flatten
 from gat_core.config import TrialConfig
-from orchestrator.study_file import TRIAL_SECTIONS, flatten
 
-if TYPE_CHECKING:
-    from orchestrator.study import Trial
+
+class TrialLike(Protocol):
+    """What the checks below read of an `orchestrator.study.Trial` (no import of it: study imports this)."""
+
+    config: TrialConfig
+    swept: dict[str, Any]
+
+    def params(self) -> dict[str, Any]: ...
 
 
 # A trial is what it learns from: its data, model, objective and optimiser settings and its seed.  Every
@@ -87,12 +93,17 @@ def _overlapping(key: str, others: list[str]) -> bool:
     return any(key == o or key.startswith(o + ".") or o.startswith(key + ".") for o in others)
 
 
+def config_params(config: TrialConfig) -> dict[str, Any]:
+    """A trial config as the dotted keys and values its child run's params hold."""
+    return flatten(config.model_dump(mode="json"))
+
+
 def identity_items(config: TrialConfig, swept: dict[str, Any] | None = None) -> dict[str, str]:
     """The dotted keys and values (as param text) a trial's id hashes: its identity keys, and every key its
     grid point sweeps whatever its group (two grid points are two trials: an isoFLOP study's budgets, a grid
     over `train.steps`)."""
     set_by_grid = swept_keys(swept or {})
-    return {key: param_text(value) for key, value in sorted(flatten(config.model_dump(mode="json")).items())
+    return {key: param_text(value) for key, value in sorted(config_params(config).items())
             if key_role(key) == "identity" or _overlapping(key, set_by_grid)}
 
 
@@ -117,7 +128,7 @@ def evaluation_items(values: dict[str, Any]) -> dict[str, str]:
 
 @functools.cache
 def _default_items() -> dict[str, str]:
-    return {k: param_text(v) for k, v in flatten(TrialConfig().model_dump(mode="json")).items()}
+    return {k: param_text(v) for k, v in config_params(TrialConfig()).items()}
 
 
 def _matches(items: dict[str, str], recorded: dict[str, str]) -> bool:
@@ -127,11 +138,11 @@ def _matches(items: dict[str, str], recorded: dict[str, str]) -> bool:
     return all((recorded[key] if key in recorded else defaults.get(key)) == text for key, text in items.items())
 
 
-def same_identity(trial: Trial, params: dict[str, str]) -> bool:
+def same_identity(trial: TrialLike, params: dict[str, str]) -> bool:
     """Whether a child run's params (the flattened config it was created with) hold this trial's identity."""
     return _matches(identity_items(trial.config, trial.swept), params)
 
 
-def same_evaluation(trial: Trial, scored_under: dict[str, str]) -> bool:
+def same_evaluation(trial: TrialLike, scored_under: dict[str, str]) -> bool:
     """Whether a finished trial scored under `scored_under` (evaluation items) needs no re-score for `trial`."""
     return _matches(evaluation_items(trial.params()), scored_under)
