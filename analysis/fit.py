@@ -232,7 +232,7 @@ def _evaluate(thetas: np.ndarray, lx: np.ndarray, ly: np.ndarray,
 def _linearise(pred: np.ndarray, share: np.ndarray, lx: np.ndarray, ly: np.ndarray,
                delta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(gradient, Huber Gauss-Newton curvature, IRLS curvature's diagonal) of the Huber cost, block by block:
-    the curvature is the points' inside delta (the only ones the Huber loss curves at); the reweighted
+    the curvature of the points inside delta (the only ones the Huber loss curves at); the reweighted
     (delta / |r|) one, never zero wherever the data move a parameter, scales the damping."""
     grad, hess, scale = np.empty((len(pred), 3)), np.empty((len(pred), 3, 3)), np.empty((len(pred), 3))
     for block in _blocks(len(pred)):
@@ -370,15 +370,13 @@ def _saturating_minima(lx: np.ndarray, ly: np.ndarray, starts: np.ndarray, delta
     return _distinct(np.array([theta for theta, _ in found])), _distinct(walked[order])
 
 
-def _saturating_boot(minima: np.ndarray, basins: np.ndarray, lx: np.ndarray, ly: np.ndarray, idx: np.ndarray,
-                     delta: float) -> np.ndarray:
-    """Bootstrap thetas: every replicate descends from the full-data optimum, all replicates together; one for
-    which another full-data minimum or basin (where the descent from a grid start ended on all the data)
-    already costs less than the minimum found descends from there too and keeps the lower; scipy finishes
-    a row that stalled.
-
-    A replicate's landscape is the full data's, perturbed: its other minima lie near the full data's, so
-    their costs there say where a lower one is, without descending every replicate from every start."""
+def _saturating_boot(minima: np.ndarray, basins: np.ndarray, grid: np.ndarray, lx: np.ndarray, ly: np.ndarray,
+                     idx: np.ndarray, delta: float) -> np.ndarray:
+    """Bootstrap thetas: every replicate descends from the full-data optimum and from the start that costs it
+    least among the other full-data minima, the basins (where the descent from each grid point ended on all
+    the data) and the grid itself, all replicates together, and keeps the lower; scipy finishes a row that
+    stalled.  Each replicate's cost at every start is one product, (times each trial was drawn) @ (Huber
+    loss of each trial at each start), not a model evaluation per start and replicate."""
     ok = np.array([len(np.unique(rows)) >= MIN_POINTS["saturating"][1] for rows in idx], bool)
     out = np.full((len(idx), 3), np.nan)
     if not ok.any():
@@ -388,20 +386,14 @@ def _saturating_boot(minima: np.ndarray, basins: np.ndarray, lx: np.ndarray, ly:
     bounds = _bounds(by)
     lo, hi = bounds[..., 0], bounds[..., 1]
     best, best_cost, best_done = _gauss_newton(np.tile(minima[0], (len(rows), 1)), bx, by, delta, lo, hi)
-    others = _distinct(np.vstack([minima, basins]))[1:]
+    others = _distinct(np.vstack([minima, basins, grid]))[1:]
     if len(others):
-        # each replicate's cost at every other start: (times each trial was drawn) @ (Huber loss at each trial)
         counts = np.bincount((np.arange(len(rows))[:, None] * len(lx) + rows).ravel(),
                              minlength=len(rows) * len(lx)).reshape(len(rows), len(lx)).astype(float)
         start_cost = counts @ _huber(_model_parts(others, lx)[0] - ly, delta).T
-        choice = np.argmin(start_cost, axis=1)
-        moved = np.flatnonzero(start_cost[np.arange(len(rows)), choice] < best_cost)  # a lower basin than found
-        if len(moved):
-            walked, cost, done = _gauss_newton(others[choice[moved]], bx[moved], by[moved], delta, lo[moved],
-                                               hi[moved])
-            lower = cost < best_cost[moved]
-            take = moved[lower]
-            best[take], best_cost[take], best_done[take] = walked[lower], cost[lower], done[lower]
+        walked, cost, done = _gauss_newton(others[np.argmin(start_cost, axis=1)], bx, by, delta, lo, hi)
+        lower = cost < best_cost
+        best[lower], best_cost[lower], best_done[lower] = walked[lower], cost[lower], done[lower]
     for i in np.flatnonzero(~best_done):
         best[i] = _least_squares(best[i], bx[i], by[i], delta, bounds[i], max_nfev=50)[0]
     out[ok] = best
@@ -469,11 +461,11 @@ def fit_law(kind: Kind, x: Any, y: Any, *, n_boot: int = 1000, seed: int = 0, x_
         with _one_blas_thread():
             minima, basins = _saturating_minima(lx, ly, grid, delta)
             theta = minima[0]
-            boot = _saturating_boot(minima, basins, lx, ly, idx, delta) if n_boot else np.empty((0, 3))
+            boot = _saturating_boot(minima, basins, grid, lx, ly, idx, delta) if n_boot else np.empty((0, 3))
         loss = (f"Huber (delta={delta:g}) on log residuals: scipy least_squares (trf) from the {POLISHED_STARTS} "
                 f"best of {len(grid)} grid starting points after a batched Gauss-Newton descent; bootstrap "
                 "replicates by the same batched Gauss-Newton from the full-data optimum and from their best "
-                "other full-data basin")
+                "other start")
     boot = boot[np.isfinite(boot).all(axis=1)]
     point = {k: float(v[0]) for k, v in _report(kind, theta[None, :], x_ref).items()}
     samples = _report(kind, boot, x_ref)
