@@ -24,7 +24,8 @@ from analysis.contract import (EARLIER_ID_TAG, EVAL_TAG, FLOP_CONVENTION, FLOPS_
                                HEALTH_REASON_TAG, HEALTH_TAG, PARENT_TAG, ROLE_TAG, STATUS_TAG, STUDY_TAG,
                                TRAIN_FLOPS_METRIC, TRIAL_ID_TAG)
 from gat_core.metrics.names import parse_metric
-from orchestrator.study import TRIAL_SECTIONS, Study, Trial
+from orchestrator.study import Study, Trial
+from orchestrator.trial_identity import swept_keys
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def study_view(study: Study) -> dict[str, Any]:
     their tags: the UI shares no expanded state, and would otherwise fold them under the study's parent
     run), with the swept keys, the quality and diversity metrics and the health as columns, and
     `study_charts` in the chart view."""
-    swept = sorted({key for trial in study.trials for key in flatten_swept(trial.swept)})
+    swept = sorted({key for trial in study.trials for key in swept_keys(trial.swept)})
     e = study.config.eval
     columns = ([f"params.`{key}`" for key in swept]
                + [f"metrics.`{m}`" for m in (e.metric, e.diversity_metric) if m]
@@ -123,19 +124,6 @@ def study_charts(study: Study) -> dict[str, Any]:
     return {"compareRunCharts": charts, "compareRunSections": sections, "isAccordionReordered": True,
             "hideEmptyCharts": True,
             "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""}}
-
-
-def flatten_swept(swept: dict[str, Any]) -> list[str]:
-    """The dotted trial keys a grid point sets (linked sets and mappings of keys expanded)."""
-    keys: list[str] = []
-    for key, value in swept.items():
-        if not isinstance(value, dict):
-            keys.append(key)
-        elif key.split(".")[0] in TRIAL_SECTIONS:  # `model: [{width: 96, heads: 4}, ...]`
-            keys += [f"{key}.{k}" for k in value]
-        else:  # a named linked set: its entries are dotted keys already
-            keys += list(value)
-    return keys
 
 
 class TrackingUnavailable(ConnectionError):
