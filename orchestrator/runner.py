@@ -3,8 +3,7 @@
 Resumption is keyed on the trial id (a hash of what it learns from, `orchestrator.trial_identity`): trials
 whose MLflow child run says completed or diverged are not started again; the others continue from their
 newest checkpoint, in their existing child run.  A completed trial asked for more steps continues from its
-final checkpoint, one whose evaluation settings changed is re-scored (`trial_actions`), and one asked for
-fewer steps is refused before anything runs.
+final checkpoint, one with changed evaluation settings is re-scored (`trial_actions`), fewer steps refused.
 """
 
 from __future__ import annotations
@@ -244,7 +243,8 @@ def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) 
         os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
         ray_constants.ENABLE_RAY_CLUSTER = False
     if not address:
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+        # "local": a cluster of our own; with no address Ray joins one it finds in /tmp/ray, whose end kills ours
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  log_to_driver=False, configure_logging=False)
         return
     from ray._private.authentication.authentication_token_setup import _enable_token_auth

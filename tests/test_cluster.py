@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -82,3 +87,22 @@ def test_data_parallel_trial_spans_both_nodes(tmp_path, two_nodes):
     tags = MlflowClient(study.config.tracking_uri).get_run(outcome.run_id).data.tags
     assert (tags["workers"], tags["per_worker_batch_size"], tags["dp_backend"]) == ("2", "4", "gloo")
     assert list((tmp_path / "shared").glob("trial-*/checkpoint_*"))  # Ray Train persisted the checkpoints there
+
+
+def test_a_study_without_address_starts_its_own_ray_beside_a_running_cluster(tmp_path, two_nodes):
+    """With no --address, `run` must never join a local cluster it finds on the machine (as `ray.init()`
+    does): a quickstart that joined the test suite's cluster lost every actor when that cluster shut down
+    ("the actor never ran")."""
+    import ray
+
+    ray.init(address=two_nodes.address)
+    spec = tiny_study("own-ray", tmp_path / "out", steps=2, checkpoint_every=2)
+    spec["grid"] = {"train.seed": [0]}
+    path = write_study(tmp_path / "study.yaml", spec)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(path)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    jobs = ray._private.state.jobs()  # every driver the cluster ever had, finished ones included
+    assert len(jobs) == 1, f"the study's driver joined the running cluster: {jobs}"

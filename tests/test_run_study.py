@@ -191,3 +191,4 @@ def kill_and_finish(tmp_path: Path, name: str, pid_file: str, workers: int = 1):
 def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):
     """SIGKILL of the process training a trial: Ray Tune restarts it from its checkpoint, in the same run."""
     kill_and_finish(tmp_path, "crash", "worker.pid")
+
