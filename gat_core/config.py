@@ -246,6 +246,10 @@ class EvalConfig(StrictModel):
     health_min_diversity: float | None = Field(
         0.2, ge=0, description="A finished trial whose final diversity is below this is tagged health=collapsed and "
         "left out of fits by default (null: never).")
+    health_max_diversity: float | None = Field(
+        1.2, gt=0, description="A finished trial whose final diversity is above this (samples spread more within a "
+        "class than the data: noise, not images; seen when D won outright early) is tagged health=diverged and left "
+        "out of fits by default (null: never).")
     health_min_loss_d: float | None = Field(
         0.01, ge=0, description="A finished GAN trial whose loss_d, averaged over the last 10 % of training, is below "
         "this (D wins outright) is tagged health=collapsed (null: never).")

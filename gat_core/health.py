@@ -7,7 +7,8 @@ floor at `patience` consecutive evaluations after step 0).
 `HealthCheck` judges a trial that ran to its end: `collapsed` when its final diversity is below
 `eval.health_min_diversity` (every z of a class gives nearly the same image) or when loss_d averaged
 over the last tenth of training is below `eval.health_min_loss_d` (D separates real from fake
-outright, so G's samples are far from the data whatever its metric says); `ok` otherwise.  The
+outright, so G's samples are far from the data whatever its metric says); `diverged` when the final
+diversity is above `eval.health_max_diversity` (samples noisier than the data); `ok` otherwise.  The
 verdict is tagged on the trial's MLflow run (`health`, `health_reason`) and the analysis leaves
 unhealthy trials out of its fits unless asked to keep them.
 """
@@ -71,6 +72,7 @@ class HealthCheck:
 
     min_diversity: float | None
     min_loss_d: float | None
+    max_diversity: float | None
     diversity_metric: str | None
     total_steps: int
     tail: list[float] = field(default_factory=list)
@@ -78,7 +80,8 @@ class HealthCheck:
     @classmethod
     def of(cls, cfg: TrialConfig, total_steps: int) -> "HealthCheck":
         e = cfg.eval
-        return cls(e.health_min_diversity, e.health_min_loss_d, e.diversity_metric, total_steps)
+        return cls(e.health_min_diversity, e.health_min_loss_d, e.health_max_diversity, e.diversity_metric,
+                   total_steps)
 
     def observe(self, step: int, metrics: dict[str, float]) -> None:
         """A progress report: keep loss_d from the last tenth of training."""
@@ -86,10 +89,13 @@ class HealthCheck:
             self.tail.append(metrics["loss_d"])
 
     def verdict(self, final: dict[str, float]) -> tuple[Health, str]:
-        """(`ok`, "") or (`collapsed`, the reason in one line) from the final metrics and the loss_d tail."""
+        """(`ok`, ""), or (`collapsed` | `diverged`, the reason in one line), from the final metrics and the loss_d tail."""
         name = self.diversity_metric
         if self.min_diversity is not None and name in final and not final[name] >= self.min_diversity:
             return "collapsed", f"mode collapse: final {name} {final[name]:.3f} < {self.min_diversity}"
+        if self.max_diversity is not None and name in final and final[name] > self.max_diversity:
+            return "diverged", (f"noise, not images: final {name} {final[name]:.3f} > {self.max_diversity} (the "
+                                "samples vary more within a class than the data)")
         if self.min_loss_d is not None and self.tail:
             mean = sum(self.tail) / len(self.tail)
             if mean < self.min_loss_d:

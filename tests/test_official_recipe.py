@@ -213,15 +213,21 @@ def test_pixel_diversity_sees_one_pose_per_class_through_colour_jitter(tmp_path:
 # --------------------------------------------------------------------------------------------- health
 
 def test_health_verdict_names_mode_collapse_and_d_winning_outright() -> None:
-    check = HealthCheck(min_diversity=0.2, min_loss_d=0.01, diversity_metric="diversity_classifier", total_steps=100)
+    check = HealthCheck(min_diversity=0.2, min_loss_d=0.01, max_diversity=1.2, diversity_metric="diversity_classifier",
+                        total_steps=100)
     assert check.verdict({"diversity_classifier": 0.6}) == ("ok", "")
     health, reason = check.verdict({"diversity_classifier": 0.05})
     assert health == "collapsed" and "diversity_classifier 0.050" in reason
+    # noise: the quickstart's width-64 trial whose D won by step 140 ended at 1.309 with fd 1335
+    health, reason = check.verdict({"diversity_classifier": 1.309})
+    assert health == "diverged" and "noise, not images" in reason and "1.309" in reason
+    assert check.verdict({"diversity_classifier": 1.2})[0] == "ok"
     for step in range(10, 101, 10):
         check.observe(step, {"loss_d": 0.0 if step > 90 else 0.7})  # only the last tenth counts
     health, reason = check.verdict({"diversity_classifier": 0.6})
     assert health == "collapsed" and "D wins outright" in reason
-    assert HealthCheck(None, None, None, 100).verdict({"diversity_classifier": 0.0}) == ("ok", "")
+    assert HealthCheck(None, None, None, None, 100).verdict({"diversity_classifier": 0.0}) == ("ok", "")
+    assert HealthCheck(None, None, None, None, 100).verdict({"diversity_classifier": 9.0}) == ("ok", "")
 
 
 def test_divergence_detector_can_stop_on_the_diversity() -> None:
