@@ -155,8 +155,11 @@ def test_a_gpu_without_bf16_says_which_dtype_it_has(tmp_path, capsys):
 
 
 def test_the_default_mfu_is_what_bench_measured():
-    measured = json.loads((ROOT / "bench" / "results" / "mfu.json").read_text())
-    assert MEASURED_MFU == {"fp32": round(measured["mfu_fp32"], 2), "bf16": round(measured["mfu_bf16"], 2)}
+    """The defaults are the numbers BENCHMARKS.md records for bench/mfu.py (its results/ folder is not in git)."""
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| MFU of a full GAT iteration"))
+    assert row.split("|")[2].strip().startswith(f"{MEASURED_MFU['fp32']:.2f} (")
+    assert f"({MEASURED_MFU['bf16']:.2f} of the bf16 matmul peak)" in text
 
 
 # --- wall time and GPU-hours -------------------------------------------------------------------------------------
