@@ -38,7 +38,9 @@ RESULT_FILE = "result.json"
 class TrainEvent:
     """What the trainer tells its caller; `kind` says why it speaks now."""
 
-    kind: Literal["start", "progress", "eval", "checkpoint", "final"]
+    # "persist" comes just before a checkpoint is written: the caller makes what it was told durable first, so a
+    # restart from that checkpoint (which skips the steps before it) never leaves a gap in the caller's record
+    kind: Literal["start", "progress", "eval", "persist", "checkpoint", "final"]
     step: int
     total_steps: int
     metrics: dict[str, float] = field(default_factory=dict)
@@ -189,6 +191,7 @@ def train(cfg: TrialConfig, workdir: Path, report: Report | None = None, cache_d
             report(TrainEvent("eval", step, total, scores, artifacts=grid))
         if step % t.checkpoint_every == 0 and step < total:
             dp.check_in_sync(*trainer.networks(), device=device)
+            report(TrainEvent("persist", step, total))
             if main:
                 trainer.save_checkpoint()
             report(TrainEvent("checkpoint", step, total, checkpoint_dir=workdir / "checkpoints" if main else None))
@@ -208,6 +211,7 @@ def _finish(trainer: TrialBase, report: Report, status: Literal["completed", "di
     `verdict` is the health of a completed trial; a diverged one is unhealthy for its `reason`; `tail` the
     [step, loss_d] reports of the verdict's window, kept for an extension or a re-score."""
     health, health_reason = verdict or ("diverged", reason)
+    report(TrainEvent("persist", trainer.step, trainer.total_steps))  # every worker: the same events in order
     if not trainer.dp.is_main:
         report(TrainEvent("final", trainer.step, trainer.total_steps))
         return TrainResult(status=status, step=trainer.step, metrics={}, reason=reason)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import RunTag
 
@@ -26,6 +26,9 @@ from orchestrator.study import Study, StudyError
 from orchestrator.tracking import (EARLIER_ID_TAG, EVAL_TAG, FINAL_STATUSES, HEALTH_REASON_TAG, HEALTH_TAG,
                                    StudyTracker, TrialLogger)
 from orchestrator.trial_identity import config_params, evaluation_items, same_evaluation, same_identity
+
+if TYPE_CHECKING:
+    from gat_core.loop import TrainEvent
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,32 @@ def _dist_backend() -> str:
 Publish = Callable[[dict[str, Any], "Path | None"], None]
 
 
+class Reporter:
+    """The trainer's events to MLflow (rank 0's `logger`; None on the other data-parallel ranks) and to Ray
+    (`publish`, every rank alike).  Before a checkpoint is written ("persist") the metrics so far are flushed: a
+    restart resumes from the newest checkpoint and never re-logs the steps before it, so they must be stored."""
+
+    def __init__(self, logger: TrialLogger | None, publish: Publish) -> None:
+        self.logger, self.publish = logger, publish
+        self.reported_final = False  # this attempt ran (and told MLflow) the final evaluation
+
+    def __call__(self, event: TrainEvent) -> None:
+        self.reported_final = self.reported_final or event.kind == "final"
+        if self.logger is not None:
+            if event.metrics:
+                self.logger.log(event.step, event.metrics, always=event.kind == "start" or event.replaces)
+            if "samples" in event.artifacts:
+                self.logger.artifact(event.artifacts["samples"], "samples")
+            if event.kind in ("persist", "final"):
+                self.logger.flush()
+            if "model" in event.artifacts:
+                self.logger.artifact(event.artifacts["model"], "model")
+        if event.kind != "persist":
+            folder = event.checkpoint_dir if event.kind == "checkpoint" else None
+            self.publish({"step": event.step, "total_steps": event.total_steps, "kind": event.kind, **event.metrics},
+                         folder)
+
+
 def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str, out_dir: str, cpus: float,
              restored: Any, publish: Publish, rank: int = 0, tags: dict[str, str] | None = None,
              rescore: bool = False) -> None:
@@ -150,7 +179,6 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
     import torch
 
     from gat_core.config import TrialConfig
-    from gat_core.loop import TrainEvent
     from gat_core.loop import rescore as rescore_trial
     from gat_core.loop import train
 
@@ -179,24 +207,7 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
                 resume_from.parent.mkdir(parents=True, exist_ok=True)
                 resume_from.write_bytes(newest.read_bytes())
 
-    reported_final = False
-
-    def report(event: TrainEvent) -> None:
-        nonlocal reported_final
-        reported_final = reported_final or event.kind == "final"
-        folder = event.checkpoint_dir if event.kind == "checkpoint" else None
-        if logger is not None:
-            if event.metrics:
-                logger.log(event.step, event.metrics, always=event.kind == "start" or event.replaces)
-            if "samples" in event.artifacts:
-                logger.artifact(event.artifacts["samples"], "samples")
-            if event.kind == "final":
-                logger.flush()
-            if "model" in event.artifacts:
-                logger.artifact(event.artifacts["model"], "model")
-            if folder is not None:
-                logger.flush()  # metrics up to a checkpoint are never lost with the process
-        publish({"step": event.step, "total_steps": event.total_steps, "kind": event.kind, **event.metrics}, folder)
+    report = Reporter(logger, publish)
 
     try:
         if rescore:
@@ -213,10 +224,10 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
         raise
     if logger is None:
         return
-    if not reported_final:  # finished in an earlier attempt whose last writes may not have reached MLflow
+    if not report.reported_final:  # finished in an earlier attempt whose last writes may not have reached MLflow
         logger.log(result.step, result.metrics)
     # the settings of the final evaluation, when this attempt ran it (a result saved earlier keeps its record)
-    scored = {EVAL_TAG: json.dumps(evaluation_items(config_params(cfg)))} if reported_final else {}
+    scored = {EVAL_TAG: json.dumps(evaluation_items(config_params(cfg)))} if report.reported_final else {}
     logger.finish(result.status, result.step, result.reason, health=(result.health, result.health_reason),
                   tags=scored)
 

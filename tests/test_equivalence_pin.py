@@ -29,10 +29,12 @@ def pin_config(family: str) -> TrialConfig:
 
 
 def run_pin(family: str, tmp: Path) -> dict:
-    """(kind, step, metrics without timing) of every event, and the eval command's scores of the model file."""
+    """(kind, step, metrics without timing) of every event that carries results (not the bare "persist" cue
+    before a checkpoint: tests/test_resume_record.py), and the eval command's scores of the model file."""
     events: list = []
     result = train(pin_config(family), tmp / family, events.append, cache_dir=tmp / "cache")
-    record = [(e.kind, e.step, {k: v for k, v in sorted(e.metrics.items()) if k not in TIMING}) for e in events]
+    record = [(e.kind, e.step, {k: v for k, v in sorted(e.metrics.items()) if k not in TIMING}) for e in events
+              if e.kind != "persist"]
     scored = evaluate_checkpoint(result.model_path, ["fd_classifier"], 64, 64, tmp / "cache",
                                  **({"nfe": 1} if family == "dit" else {}))
     return {"events": record, "eval_cmd": dict(sorted(scored.items())), "status": result.status,

@@ -1,0 +1,44 @@
+"""A trial restarted from its newest checkpoint skips the steps before it, so every metric up to a checkpoint
+must be in MLflow before the checkpoint file exists; otherwise a crash between the two leaves a gap in the
+trial's step axis (seen as steps 6 and 8 missing after a node was lost).  Real trainer, real sqlite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from gat_core import checkpoint as ckpt
+from gat_core.config import TrialConfig
+from gat_core.loop import train
+from orchestrator.runner import Reporter
+from orchestrator.tracking import TrialLogger
+from tests.conftest import tiny_study
+
+
+def test_metrics_reach_mlflow_before_the_checkpoint_of_their_step_is_written(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("resume")).info.run_id
+    spec = tiny_study("resume", tmp_path, steps=8, log_every=2, checkpoint_every=4, device="cpu")
+    cfg = TrialConfig.model_validate({k: spec[k] for k in ("dataset", "model", "train", "eval")})
+
+    stored_at_save: dict[int, int] = {}  # checkpoint step -> highest step MLflow held when its file was written
+    real_save = ckpt.save_atomic
+
+    def save_atomic(state, path: Path):
+        if path.parent.name == "checkpoints":
+            logged = client.get_metric_history(run_id, "loss_d")
+            stored_at_save[state["step"]] = max((m.step for m in logged), default=-1)
+        return real_save(state, path)
+
+    monkeypatch.setattr(ckpt, "save_atomic", save_atomic)
+    published: list[tuple[str, int]] = []
+    logger = TrialLogger(uri, run_id, flush_seconds=3600)  # no flush by the clock: only the reporter's
+    train(cfg, tmp_path / "trial", Reporter(logger, lambda m, folder: published.append((m["kind"], m["step"]))),
+          cache_dir=tmp_path / "cache")
+
+    assert stored_at_save == {4: 4, 8: 8}
+    assert ("persist", 4) not in published and ("checkpoint", 4) in published  # Ray sees no persist events
+    assert mlflow.MlflowClient(uri).get_run(run_id).data.tags["logged_through_step"] == "8"
