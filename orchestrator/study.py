@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -350,19 +349,25 @@ def design_points(config: StudyConfig) -> list[dict[str, Any]]:
             for budget in config.isoflop.budgets for size in config.isoflop.sizes for point in grid]
 
 
+def _slug_value(value: Any) -> str:
+    """A swept value in a trial name: lists as `a+b` (`none` when empty: `augment: []` must not read `augment=`)."""
+    if isinstance(value, (list, tuple)):
+        return "+".join(_slug_value(v) for v in value) or "none"
+    return str(value)
+
+
 def _slug(swept: dict[str, Any]) -> str:
     if not swept:
         return "base"
     parts = []
     for key, value in swept.items():
         if isinstance(value, dict) and key.split(".")[0] not in TRIAL_SECTIONS:  # linked set: its first value names it
-            parts.append(f"{key}={next(iter(value.values()))}")
+            parts.append(f"{key}={_slug_value(next(iter(value.values())))}")
         elif isinstance(value, dict):
-            parts += [f"{str(k).split('.')[-1]}={v}" for k, v in value.items()]
+            parts += [f"{str(k).split('.')[-1]}={_slug_value(v)}" for k, v in value.items()]
         else:
-            text = json.dumps(value, default=str) if isinstance(value, list) else str(value)
-            parts.append(f"{key.split('.')[-1]}={text}")
-    return re.sub(r"[^A-Za-z0-9=_.,/-]+", "", ",".join(parts))[:120]
+            parts.append(f"{key.split('.')[-1]}={_slug_value(value)}")
+    return re.sub(r"[^A-Za-z0-9=_.,/+-]+", "", ",".join(parts))[:120]
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:

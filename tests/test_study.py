@@ -52,6 +52,15 @@ def test_study_expands_to_validated_trials_with_stable_ids(tmp_path):
     assert params["model.width"] == 32 and params["train.mng"] == "exp"
 
 
+def test_trial_names_spell_list_values_including_the_empty_one(tmp_path):
+    grid = {"train.augment": [[], ["color", "translation"]]}
+    assert [t.name for t in load_study(write(tmp_path, {**BASE, "grid": grid})).trials] == [
+        "augment=none", "augment=color+translation"]
+    linked = {"variant": [{"train.augment": [], "train.mng": "off"}, {"train.augment": ["color"], "train.mng": "exp"}]}
+    assert [t.name for t in load_study(write(tmp_path, {**BASE, "grid": linked})).trials] == [
+        "variant=none", "variant=color"]
+
+
 def test_grid_of_dicts_sweeps_keys_together(tmp_path):
     path = write(tmp_path, {**BASE, "grid": {"model": [{"width": 32, "heads": 2}, {"width": 96, "heads": 4}]}})
     study = load_study(path)
