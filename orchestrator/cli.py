@@ -27,7 +27,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from orchestrator.plan import UNITS, Costing, format_plan, plan_rows, plan_warnings, study_cost
     from orchestrator.trial_state import read_states
 
-    study = load_study(args.study, args.overrides)
+    study = load_study(args.study, args.overrides, require_files=False)  # a plan needs no weights or data
     costing = None
     if args.accelerator:
         from orchestrator.accelerators import lookup
@@ -52,9 +52,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 "name": acc.name, "memory_gb": acc.memory_gb, "bf16_tflops": acc.bf16_tflops,
                 "tf32_tflops": acc.tf32_tflops, "fp32_tflops": acc.fp32_tflops, "source": acc.source,
                 "wall_time_convention": "2 FLOPs per MAC; peaks are dense true FLOP/s"},
-            "study_cost": cluster, "warnings": warnings, "units": UNITS}, indent=2, default=str))
+            "study_cost": cluster, "warnings": warnings, "missing_files": study.missing_files,
+            "units": UNITS}, indent=2, default=str))
     else:
         print(format_plan(study, rows, store, costing, cluster, warnings))
+        if study.missing_files:
+            print(f"not runnable on this machine: `gat-study run` refuses until these exist "
+                  f"({len(study.missing_files)}):")
+            print("\n".join(f"  {line}" for line in study.missing_files))
     return 0
 
 

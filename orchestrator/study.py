@@ -6,11 +6,15 @@ expected, and is raised before anything runs.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import itertools
+import json
 import math
 import re
-from dataclasses import dataclass
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -269,6 +273,7 @@ class Study:
     source: str
     raw: dict[str, Any]
     trials: list[Trial]
+    missing_files: list[str] = field(default_factory=list)  # require_files=False: what `run` would refuse
 
 
 def _format_errors(exc: ValidationError, where: str, prefix: str = "") -> list[str]:
@@ -370,8 +375,41 @@ def _slug(swept: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9=_.,/+-]+", "", ",".join(parts))[:120]
 
 
-def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
-    """Read, override, validate and expand a study; raises StudyError listing every problem."""
+# SD-VAE convention (the VAE of DiT and GAT): 4 latent channels, 8x downsampling
+STAND_IN_LATENT_CHANNELS, STAND_IN_DOWNSAMPLING = 4, 8
+
+
+def _stand_in_latents(tree: dict[str, Any], folders: dict[tuple[str, int], str]) -> str | None:
+    """For `load_study(require_files=False)`: when the trial tree's `dataset.latents` folder has no meta.json,
+    point it at a temporary folder whose meta.json describes SD-VAE latents of `dataset.resolution` (4 channels,
+    resolution / 8), so the trial's shapes can be planned; returns the original path (None if nothing changed).
+    The stand-ins are deleted when the process exits; `run` never uses them (it requires the files)."""
+    data = tree.get("dataset") if isinstance(tree.get("dataset"), dict) else None
+    latents = data.get("latents") if data else None
+    if not isinstance(latents, str) or not latents or "\0" in latents or (Path(latents) / "meta.json").is_file():
+        return None
+    resolution = data.get("resolution", DataConfig.model_fields["resolution"].default)
+    if not isinstance(resolution, int) or resolution < STAND_IN_DOWNSAMPLING:
+        return None
+    key = (latents, resolution)
+    if key not in folders:
+        folder = tempfile.mkdtemp(prefix="gat-study-plan-latents-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        meta = {"stand_in_for": latents, "latent_channels": STAND_IN_LATENT_CHANNELS,
+                "latent_resolution": resolution // STAND_IN_DOWNSAMPLING}
+        (Path(folder) / "meta.json").write_text(json.dumps(meta))
+        folders[key] = folder
+    data["latents"] = folders[key]
+    return latents
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None, *, require_files: bool = True) -> Study:
+    """Read, override, validate and expand a study; raises StudyError listing every problem.
+
+    `require_files=False` (for `plan` on a machine without the study's weights and data): missing weights,
+    reference files and data folders are listed in `Study.missing_files` instead of refused, and a missing
+    `dataset.latents` folder is planned as SD-VAE latents of `dataset.resolution` (`_stand_in_latents`, noted
+    in `missing_files`); the trial ids are those the real files give."""
     path = Path(path)
     raw = apply_overrides(read_yaml(path), overrides or [])
     where = f"{path}" + (" (with --set overrides)" if overrides else "")
@@ -389,6 +427,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     if "train" not in raw and config.isoflop is None:
         base["train"] = {"steps": 1000}
     problems: list[str] = []
+    missing: list[str] = []
+    stand_ins: dict[tuple[str, int], str] = {}
     trials: list[Trial] = []
     seen: dict[str, int] = {}
     for index, point in enumerate(design_points(config)):
@@ -399,19 +439,34 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
             else:  # linked values
                 for linked_key, linked_value in value.items():
                     set_dotted(tree, linked_key, linked_value)
+        tree = absolute_paths(tree, cwd)
+        real_latents = None if require_files else _stand_in_latents(tree, stand_ins)
         try:
-            trial_cfg = TrialConfig.model_validate(absolute_paths(tree, cwd))
+            trial_cfg = TrialConfig.model_validate(tree)
         except ValidationError as exc:
             label = ", ".join(f"{k}={short_repr(v)}" for k, v in point.items()) or "base config"
             problems += [f"{line} [grid point {index}: {label}]" for line in _format_errors(exc, where)]
             continue
-        problems += [f"{where}: {line}" for line in
-                     path_problems(trial_cfg) or data_problems(trial_cfg) or missing_weights(trial_cfg)]
+        file_problems = [f"{where}: {line}" for line in
+                         path_problems(trial_cfg) or data_problems(trial_cfg) or missing_weights(trial_cfg)]
+        real_cfg = trial_cfg  # the config `run` would have: its id is the trial's
+        if real_latents is not None:
+            real_cfg = trial_cfg.model_copy(update={"dataset": trial_cfg.dataset.model_copy(
+                update={"latents": Path(real_latents)})})
+            file_problems.append(
+                f"{where}: dataset.latents: folder {real_latents} (its meta.json) not found; create it with "
+                "`gat-study encode`. Planned as SD-VAE latents of dataset.resolution "
+                f"{trial_cfg.dataset.resolution}: {STAND_IN_LATENT_CHANNELS}x{trial_cfg.dataset.model_resolution}x"
+                f"{trial_cfg.dataset.model_resolution}")
+        if require_files:
+            problems += file_problems
+        else:
+            missing += [line for line in file_problems if line not in missing]
         workers = config.resources.workers
         if trial_cfg.train.batch_size % workers:
             problems.append(f"{where}: train.batch_size: {trial_cfg.train.batch_size} does not split over "
                             f"resources.workers = {workers} data-parallel workers [grid point {index}: {_slug(point)}]")
-        trial_id = trial_hash(trial_cfg, point)
+        trial_id = trial_hash(real_cfg, point)
         if trial_id in seen:
             problems.append(f"{where}: grid: grid points {seen[trial_id]} and {index} give the same trial ({_slug(point)})")
             continue
@@ -419,4 +474,4 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
         trials.append(Trial(trial_id=trial_id, name=_slug(point), index=index, swept=point, config=trial_cfg))
     if problems:
         raise StudyError(sorted(set(problems), key=problems.index))
-    return Study(config=config, source=str(path), raw=raw, trials=trials)
+    return Study(config=config, source=str(path), raw=raw, trials=trials, missing_files=missing)

@@ -184,8 +184,8 @@ def test_shipped_studies_are_valid():
     root = Path(__file__).resolve().parent.parent / "studies"
     files = sorted(root.glob("*.yaml"))
     assert files
-    for path in files:
-        assert load_study(path).trials
+    for path in files:  # a GPU study's weights and data are not on this machine (tests/test_shipped_studies.py)
+        assert load_study(path, require_files=False).trials
 
 
 def test_linked_grid_values_change_together(tmp_path):
