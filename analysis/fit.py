@@ -106,6 +106,31 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+# --- the bootstrap every analysis shares: resampling units with replacement, percentile intervals ----------
+def bootstrap_indices(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) indices of `n` units (trials, seeds) drawn with replacement: one row per bootstrap replicate."""
+    return rng.integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) how often each of `n` units is drawn in each replicate (`bootstrap_indices` as multiplicities),
+    for statistics that weight units rather than index them."""
+    idx = bootstrap_indices(n, n_boot, rng)
+    counts = np.zeros((n_boot, n), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1)
+    return counts
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` percentile interval of the finite bootstrap `samples`; (nan, nan) with none."""
+    samples = np.asarray(samples, float)
+    samples = samples[np.isfinite(samples)]
+    if not len(samples):
+        return (math.nan, math.nan)
+    tail = 50 * (1 - level)
+    return float(np.percentile(samples, tail)), float(np.percentile(samples, 100 - tail))
+
+
 # --- the two laws in log space, on normalised x (lx = log(x / x_ref)) ---------------------------
 def _log_model(kind: Kind, theta: np.ndarray, lx: np.ndarray) -> np.ndarray:
     if kind == "power":
@@ -205,7 +230,7 @@ def fit_law(kind: Kind, x: Any, y: Any, *, n_boot: int = 1000, seed: int = 0, x_
     x_ref = float(np.exp(np.log(x).mean()))
     lx, ly = np.log(x / x_ref), np.log(y)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    idx = bootstrap_indices(len(x), n_boot, rng)
     if kind == "power":
         theta = _ols(lx, ly)
         boot = _ols(lx[idx], ly[idx]) if n_boot else np.empty((0, 2))
@@ -223,9 +248,7 @@ def fit_law(kind: Kind, x: Any, y: Any, *, n_boot: int = 1000, seed: int = 0, x_
     boot = boot[np.isfinite(boot).all(axis=1)]
     point = {k: float(v[0]) for k, v in _report(kind, theta[None, :], x_ref).items()}
     samples = _report(kind, boot, x_ref)
-    tail = 50 * (1 - level)
-    ci = {k: ((float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) if len(v) else (np.nan, np.nan))
-          for k, v in samples.items()}
+    ci = {k: percentile_interval(v, level) for k, v in samples.items()}
     pred_log = _log_model(kind, theta, lx)
     return Fit(kind=kind, x=x_name, y=y_name, group=group, n=len(x), params=point, ci=ci,
                r2_log=_r2(ly, pred_log), r2=_r2(y, np.exp(pred_log)),
