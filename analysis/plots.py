@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import matplotlib
 import numpy as np
@@ -231,26 +231,52 @@ def plot_ablation(table: AblationTable, style: Style, stem: Path) -> list[Path]:
 
 
 def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, keys: Sequence[str], style: Style,
-                         stem: Path) -> list[Path] | None:
+                         stem: Path, group_by: Sequence[str] = (), final_apart: Collection[str] = ()
+                         ) -> list[Path] | None:
     """One panel per metric key (against step), one line per trial; None if no key was logged.
 
+    With `group_by` (the columns that tell configurations apart: size, patch, switches), the trials of one
+    configuration (its seeds) are drawn as their mean with a min–max band instead, where there are several.
+    The value of a `final_apart` key at a trial's `final_step` (the final evaluation, on `eval.final_samples`
+    samples where the others use `eval.num_samples`) is drawn as an open marker of its own, not joined to the
+    curve: a Fréchet distance depends on the sample count.
     A `diversity_*` panel gets the data's own level (1) as a dotted line: a curve falling away from
     it is a generator collapsing, whatever the quality metric beside it says."""
     keys = [k for k in keys if (history["key"] == k).any()]
     if not keys:
         return None
     labels = trials.set_index("run_id")
+    group_by = [c for c in group_by if c in labels]
+    groups = (labels[group_by].apply(lambda col: col.map(fmt_value)).agg(" ".join, axis=1) if group_by
+              else pd.Series(labels.index, index=labels.index))
+    banded = bool(group_by) and bool(groups.duplicated().any())
+    final_step = pd.to_numeric(labels["final_step"], errors="coerce") if "final_step" in labels else None
     with matplotlib.rc_context(PAPER_RC):
         fig = Figure(figsize=(2.5 * len(keys) + 0.4, 2.4), layout="constrained")
         axes = fig.subplots(1, len(keys), squeeze=False)[0]
+        any_final = False
         for ax, key in zip(axes, keys):
             rows = history[(history["key"] == key) & history["run_id"].isin(labels.index)]
             rows = rows.join(labels[["size", "patch"]], on="run_id").sort_values("step", kind="stable")
-            _curves(ax, rows, "step", "value", style, linewidth=0.8, alpha=0.85)
-            short = rows.groupby("run_id", sort=False)["step"].transform("size") <= 30
+            rows = rows.assign(group=rows["run_id"].map(groups if banded else pd.Series(labels.index, labels.index)))
+            finals = rows.iloc[:0]
+            if key in final_apart and final_step is not None:
+                last = rows["step"].to_numpy() == rows["run_id"].map(final_step).to_numpy()
+                finals, rows = rows[last], rows[~last]
+            if banded:
+                rows, finals = _band(ax, rows, style), _summarise(finals)
+            _curves(ax, rows.rename(columns={"run_id": "_run", "group": "run_id"}), "step", "value", style,
+                    linewidth=0.8, alpha=0.85)
+            short = rows.groupby("group", sort=False)["step"].transform("size") <= 30
             _scatter_by_marker(ax, rows[short], "step", "value", style, s=2.5 ** 2, alpha=0.85, edgecolors="face",
                                linewidths=matplotlib.rcParams["lines.markeredgewidth"])  # as a line's markers
-            if key.startswith(("fd", "fid", "kid")) and _log_y_ok(rows["value"]):
+            for _, point in finals.iterrows():
+                lo, hi = point.get("min", point["value"]), point.get("max", point["value"])
+                ax.errorbar([point["step"]], [point["value"]], yerr=[[point["value"] - lo], [hi - point["value"]]],
+                            fmt="o", mfc="none", ms=3.5, color=style.color(point["size"]), elinewidth=0.7, capsize=1.5)
+                any_final = True
+            values = pd.concat([rows["value"], finals["value"]])
+            if key.startswith(("fd", "fid", "kid")) and _log_y_ok(values):
                 ax.set_yscale("log")
                 _log_axis(ax.yaxis)
             if key.startswith(DIVERSITY_PREFIX):
@@ -258,8 +284,38 @@ def plot_training_curves(history: pd.DataFrame, trials: pd.DataFrame, keys: Sequ
                 ax.set_ylim(bottom=0)
             ax.set_xlabel(axis_label("step"))
             ax.set_title(key)
-        fig.legend(handles=style.legend_handles(trials["size"], trials["patch"]), loc="outside right upper")
+        handles = style.legend_handles(trials["size"], trials["patch"])
+        if banded:
+            handles.append(Line2D([], [], color="0.3", label="seed mean, min–max band"))
+        if any_final:
+            handles.append(Line2D([], [], color="0.3", marker="o", mfc="none", linestyle="",
+                                  label="final evaluation (own sample count)"))
+        fig.legend(handles=handles, loc="outside right upper")
         return save(fig, stem)
+
+
+def _band(ax: Any, rows: pd.DataFrame, style: Style) -> pd.DataFrame:
+    """Draw each group's min–max band over its trials (where it has several); return its mean curve as rows."""
+    out = []
+    for group, part in rows.groupby("group", sort=False):
+        table = part.pivot_table(index="step", columns="run_id", values="value")
+        mean = table.mean(axis=1)
+        size = part["size"].iloc[0]
+        if table.shape[1] > 1:
+            ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=style.color(size), alpha=0.18,
+                            linewidth=0)
+        out.append(pd.DataFrame({"group": group, "run_id": group, "step": mean.index, "value": mean.to_numpy(),
+                                 "size": size, "patch": part["patch"].iloc[0]}))
+    return pd.concat(out, ignore_index=True) if out else rows
+
+
+def _summarise(finals: pd.DataFrame) -> pd.DataFrame:
+    """Per group and step: the mean, min and max of the final evaluations."""
+    if finals.empty:
+        return finals
+    agg = finals.groupby(["group", "step"], sort=False).agg(value=("value", "mean"), min=("value", "min"),
+                                                            max=("value", "max"), size=("size", "first"))
+    return agg.reset_index()
 
 
 def block_util_keys(trials: pd.DataFrame) -> list[str]:

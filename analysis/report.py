@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.ablation import AblationTable, ablation_table, baseline_value, detect_switches
+from analysis.claims import Claims, claims_markdown, scaling_claims
 from analysis.contract import FLOP_CONVENTION as MAC_CONVENTION
 from analysis.fit import Fit, json_safe
 from analysis.frontier import compute_frontier, eval_points, frontier_segments
@@ -24,8 +25,8 @@ from analysis.load import StudyData, download_run_artifact, quiet_artifacts
 from analysis.plots import (axis_label, make_style, plot_ablation, plot_block_util,
                             plot_compute_curves, plot_scaling, plot_training_curves, sample_collage)
 from analysis.predict import Prediction, held_out_prediction, prediction_markdown, prediction_section
-from analysis.render import (fmt_num, fmt_value, image_link, log_to_parents, tex_csv_links, values_table,
-                             write_table_files)
+from analysis.render import (fmt_num, fmt_value, image_link, latex_table, log_to_parents, markdown_table,
+                             tex_csv_links, values_table, write_table_files)
 from analysis.scaling import X_AXES, ScalingFits, scaling_fits
 from analysis.select import (Selection, diversity_metric, health_note, lower_is_better, primary_metric,
                              select_trials)
@@ -51,6 +52,7 @@ class Report:
     logged_to: list[str] = field(default_factory=list)
     isoflop: IsoflopSection | None = None  # the compute-optimal design, in an isoFLOP study
     prediction: Prediction | None = None  # the held-out check (`analyze --holdout K`)
+    claims: Claims | None = None  # the scaling claims (correlation, larger is better, plateau, prediction)
 
 
 def _slug(text: str) -> str:
@@ -220,7 +222,9 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     for switch, table in ablations.items():
         figures[f"ablation_{_slug(switch)}"] = plot_ablation(table, style, plots / f"ablation_{_slug(switch)}")
     curves = [metric, *([diversity] if diversity else []), *TRAINING_PANELS]
-    figures["training_curves"] = plot_training_curves(data.history, usable, curves, style, plots / "training_curves")
+    figures["training_curves"] = plot_training_curves(data.history, usable, curves, style, plots / "training_curves",
+                                                      group_by=["size", "patch", *switches],
+                                                      final_apart=[metric, *([diversity] if diversity else [])])
     mng_switch = "train.mng" if "train.mng" in usable else next((s for s in switches if "mng" in s), "train.mng")
     figures["block_util"] = plot_block_util(usable, style, plots / "block_util", switch=mng_switch)
     if figures["block_util"] is None:
@@ -236,6 +240,15 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     prediction = held_out_prediction(data.trials, usable, metric, switches, holdout=predict_holdout,
                                      lower_is_better=sel.lower_is_better, n_boot=n_boot,
                                      seed=seed) if predict_holdout else None
+    left_out = int((~sel.unhealthy["used"]).sum()) if len(sel.unhealthy) else 0
+    claims = scaling_claims(data.history, usable, metric, switches, lower_is_better=sel.lower_is_better,
+                            n_boot=n_boot, seed=seed, prediction=prediction, n_unhealthy_left_out=left_out)
+    for group, table in claims.pairs.items():
+        stem = tables / f"claims_pairs_{_slug(group)}"
+        files += write_table_files(stem, markdown_table(table, _claims_cell),
+                                   latex_table(table.map(_claims_cell), f"Larger is better at the same step: {group}",
+                                               f"claims-pairs-{_slug(group)}"),
+                                   lambda path, t=table: t.to_csv(path, index=False))
     sections = []
     if iso is not None:
         files += iso.files
@@ -245,6 +258,8 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
         more, prediction_figures = prediction_section(prediction, metric, tables, plots)
         files += more
         sections.append(prediction_markdown(prediction, prediction_figures, out_dir, values_table))
+    sections.append(claims_markdown(claims, lambda frame: markdown_table(frame, _claims_cell),
+                                    _img(figures, "training_curves", out_dir, f"{metric} vs step per size")))
 
     # --- fits.json and report.md ---
     summary = {
@@ -264,6 +279,7 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
                       for s, t in ablations.items()},
         "isoflop": iso.to_dict() if iso is not None else None,
         "prediction": prediction.to_dict() if prediction is not None else None,
+        "claims": claims.to_dict(),
         "notes": notes,
     }
     (out_dir / "fits.json").write_text(json.dumps(json_safe(summary), indent=2, default=str))
@@ -271,7 +287,7 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     report_path = out_dir / "report.md"
     report = Report(path=report_path, metric=metric, selection=sel, scaling=scaling, ablations=ablations,
                     frontier=frontier, diversity=diversity, diversity_ablations=diversity_ablations, files=files,
-                    notes=notes, isoflop=iso, prediction=prediction)
+                    notes=notes, isoflop=iso, prediction=prediction, claims=claims)
     report_path.write_text(_markdown(data, report, segments, figures, switches, n_boot, seed, out_dir, sections))
     files.append(report_path)
     if log_artifacts:
@@ -285,6 +301,13 @@ def _log(data: StudyData, out_dir: Path, report: Report) -> None:
                                    "analysis")
     report.notes += notes
     report.logged_to += logged
+
+
+def _claims_cell(value: object) -> str:
+    """A cell of the claims tables: numbers to 3 significant digits, text as it is."""
+    if isinstance(value, (float, np.floating)):
+        return fmt_num(float(value), 3)
+    return fmt_value(value).replace("|", "\\|")
 
 
 def _img(figures: dict[str, list[Path] | None], name: str, out_dir: Path, alt: str) -> str:

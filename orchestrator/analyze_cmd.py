@@ -111,6 +111,22 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a key of the study file, as given to `run` (e.g. --set train.seed=1)")
 
 
+def claims_line(group: dict, metric: str) -> str:
+    """One line of a family's scaling claims (report.md's "Scaling claims" section) for the text summary."""
+    def ci(values: list) -> str:
+        lo, hi = values
+        return f"[{lo:.2f}, {hi:.2f}]" if lo == lo and hi == hi else "(no interval)"
+
+    parts = [f"r(log {c['x']}, log {metric}) = {c['r']:.2f} {ci(c['ci95'])}" for c in group["correlation"]
+             if c["r"] == c["r"]]
+    mid = group["larger_better"]["intermediate"]
+    if mid["n"]:
+        parts.append(f"larger better in {mid['larger_better']} of {mid['n']} same-step comparisons "
+                     f"({mid['fraction']:.2f} {ci(mid['ci95'])})")
+    parts.append(f"smallest model {group['plateau']['verdict']}")
+    return "; ".join(parts)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the analysis; print where the report is and the headline fits, or the error message."""
     name, uri, out, trial_ids = resolve_target(args.study, args.tracking_uri, args.out, args.overrides)
@@ -137,6 +153,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                                       ("b (metric_opt ~ C^-b)", result.b, result.b_ci)):
             interval = f"[{lo:.3f}, {hi:.3f}]" if lo == lo and hi == hi else "(no interval)"
             print(f"  isoFLOP {result.group:<16} {name}: {value:.3f} {interval}")
+    for group in report.claims.groups if report.claims is not None else []:
+        print(f"  claims {group['group']:<17} " + claims_line(group, report.metric))
     if report.prediction is not None:
         s = report.prediction.summary()
         print(f"  prediction (--holdout {report.prediction.holdout}): {s['covered']} of {s['held_out']} held-out "
