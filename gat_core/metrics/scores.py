@@ -1,4 +1,4 @@
-"""Metrics on per-sample features: KID, k-NN precision/recall, within-class spread, and FD∞ (FID∞).
+"""Metrics on per-sample features: KID, k-NN precision/recall (torch-fidelity's), within-class spread, FD∞ (FID∞).
 
 All take features as [N, d] arrays or tensors (generated first, real second) and compute in float64.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from gat_core.metrics.stats import RunningStats
@@ -24,12 +25,15 @@ def _f64(x: Tensor | np.ndarray) -> np.ndarray:
 
 def mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None, coef0: float = 1.0
                   ) -> float:
-    """Unbiased MMD² of two equal-size samples with the kernel k(a, b) = (gamma a.b + coef0)^degree."""
+    """Unbiased MMD² of two equal-size samples with torch-fidelity's kernel k(a, b) = (gamma a.b + coef0)^degree.
+
+    The sums are ours, not torch-fidelity's `mmd2`: that one adds the same terms in another order, which
+    moves a KID in its last digits, and the recorded results (tests/test_equivalence_pin.py) are exact."""
+    from torch_fidelity.metric_kid import kernel_poly  # here: importing torch-fidelity takes seconds
+
+    kernel = {"kid_kernel_poly_degree": degree, "kid_kernel_poly_gamma": gamma, "kid_kernel_poly_coef0": coef0}
+    k_xx, k_yy, k_xy = (kernel_poly(a, b, **kernel) for a, b in ((x, x), (y, y), (x, y)))
     m = x.shape[0]
-    gamma = 1.0 / x.shape[1] if gamma is None else gamma
-    k_xx = (x @ x.T * gamma + coef0) ** degree
-    k_yy = (y @ y.T * gamma + coef0) ** degree
-    k_xy = (x @ y.T * gamma + coef0) ** degree
     within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
     return float(within - 2.0 * k_xy.sum() / (m * m))
 
@@ -54,47 +58,25 @@ def kid(gen: Tensor | np.ndarray, real: Tensor | np.ndarray, subsets: int = 100,
     return float(values.mean()), float(values.std())
 
 
-def _sq_dists(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
-    return np.maximum((a * a).sum(1)[:, None] + b_sq[None, :] - 2.0 * (a @ b.T), 0.0)
-
-
-def _knn_radii(x: np.ndarray, k: int, chunk: int) -> np.ndarray:
-    """Squared distance of every sample to its k-th nearest other sample."""
-    x_sq = (x * x).sum(1)
-    radii = np.empty(len(x))
-    for start in range(0, len(x), chunk):
-        d = _sq_dists(x[start:start + chunk], x, x_sq)
-        d[np.arange(len(d)), np.arange(start, start + len(d))] = 0.0  # exactly zero to itself
-        radii[start:start + chunk] = np.partition(d, k, axis=1)[:, k]  # index 0 is the sample itself
-    return radii
-
-
-def _covered(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int) -> np.ndarray:
-    """For each point: inside at least one ball (centre, radius)?"""
-    c_sq = (centres * centres).sum(1)
-    out = np.empty(len(points), dtype=bool)
-    for start in range(0, len(points), chunk):
-        out[start:start + chunk] = (_sq_dists(points[start:start + chunk], centres, c_sq) <= radii[None, :]).any(1)
-    return out
-
-
 def precision_recall(gen: Tensor | np.ndarray, real: Tensor | np.ndarray, k: int = 3, chunk: int = 1024
                      ) -> tuple[float, float]:
-    """Improved precision and recall (Kynkäänniemi et al. 2019): (precision, recall).
+    """Improved precision and recall (Kynkäänniemi et al. 2019): (precision, recall), by torch-fidelity.
 
     Each set's manifold is the union of balls around its samples reaching their k-th nearest
     neighbour (k = 3 as in the paper and torch-fidelity); precision is the fraction of generated
     samples inside the real manifold, recall the fraction of real samples inside the generated one.
-    Distances are exact Euclidean in float64, computed in chunks (memory O(chunk x N)).
+    Distances are Euclidean in float64, `chunk` rows at a time (memory O(chunk x N)).
     """
     x, y = _f64(gen), _f64(real)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"precision_recall: feature dimensions differ ({x.shape[1]} vs {y.shape[1]})")
     if min(len(x), len(y)) <= k:
         raise ValueError(f"precision_recall: need more than k={k} samples on each side, have {len(x)} and {len(y)}")
-    precision = _covered(x, y, _knn_radii(y, k, chunk), chunk).mean()
-    recall = _covered(y, x, _knn_radii(x, k, chunk), chunk).mean()
-    return float(precision), float(recall)
+    from torch_fidelity.metric_prc import calculate_precision_recall_part
+
+    precision, recall = calculate_precision_recall_part(torch.from_numpy(x), torch.from_numpy(y), k, chunk)
+    # torch-fidelity averages the 0/1 hits in float32; the counts are exact, so the float64 fractions are these
+    return round(precision * len(x)) / len(x), round(recall * len(y)) / len(y)
 
 
 def fd_infinity(gen: Tensor | np.ndarray, ref: RunningStats, points: int = 15, min_fraction: float = 0.2,
