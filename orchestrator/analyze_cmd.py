@@ -80,6 +80,9 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
                    help="predict held-out larger trials: per family, fit on all but the trials at the K largest "
                         "training-compute values (the K largest budgets in an isoFLOP study) and report predicted "
                         "vs measured with 95 %% prediction intervals (the report's `prediction` section)")
+    p.add_argument("--no-log", dest="log", action="store_false",
+                   help="write the report to --out only, logging nothing to the study's parent run (for a store "
+                        "that must stay as it is)")
     add_fit_arguments(p)
     p.set_defaults(func=cmd_analyze)
     return p
@@ -133,7 +136,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     try:
         report = run_analysis(name, uri, out, args.metric, args.include_failed, keep_unhealthy=args.keep_unhealthy,
                               n_boot=args.bootstrap, seed=args.seed, trial_ids=trial_ids,
-                              holdout=getattr(args, "holdout", None))
+                              holdout=getattr(args, "holdout", None), log_artifacts=getattr(args, "log", True))
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

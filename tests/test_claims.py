@@ -230,3 +230,15 @@ def test_without_holdout_the_report_says_how_to_get_the_prediction(store: str, t
         "not run: `analyze --holdout 1` predicts the largest model from a fit on the others"]
     assert "**near plateau**" in report.path.read_text()
     assert np.isfinite(_group(report.claims)["correlation"][0]["r"])
+
+
+def test_no_log_leaves_the_store_as_it_was(store: str, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    parser = argparse.ArgumentParser()
+    add_analyze_parser(parser.add_subparsers())
+    args = parser.parse_args(["analyze", "one-seed", "--tracking-uri", store, "--out", str(tmp_path), "--bootstrap",
+                              "20", "--no-log"])
+    assert args.func(args) == 0 and (tmp_path / "report.md").exists()
+    parent = load_studies(store, "one-seed").parents["one-seed"]
+    assert not MlflowClient(tracking_uri=store).list_artifacts(parent, "analysis")
