@@ -156,7 +156,8 @@ def fraction_with_ci(comp: pd.DataFrame, unit: str, *, n_boot: int, rng: np.rand
     if unit == "seed":
         weights = counts[:, cells["seed"].map(index).to_numpy()]
     else:
-        weights = counts[:, cells["run_small"].map(index).to_numpy()] * counts[:, cells["run_large"].map(index).to_numpy()]
+        small, large = cells["run_small"].map(index).to_numpy(), cells["run_large"].map(index).to_numpy()
+        weights = counts[:, small] * counts[:, large]
     total = weights @ cells["count"].to_numpy(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         boot = np.where(total > 0, (weights @ cells["sum"].to_numpy(float)) / total, np.nan)
@@ -200,6 +201,9 @@ def plateau_claim(evals: pd.DataFrame, trials: pd.DataFrame, lower_is_better: bo
     improvement from the last intermediate evaluation at or before 2/3 of training to the last one."""
     g = pd.to_numeric(trials["gflops_g"], errors="coerce")
     smallest = trials[g == g.min()]
+    if smallest.empty:
+        return {"size": "—", "gflops_g": math.nan, "trials": 0, "verdict": "not measurable",
+                "why": "no trial has gflops_g"}
     runs = list(smallest["run_id"])
     size = size_key(smallest, several_patches(trials)).iloc[0]
     mid = evals[evals["run_id"].isin(runs) & ~evals["final"]]
@@ -257,7 +261,8 @@ def prediction_lines(prediction: Any, groups: list[str]) -> list[str]:
             top = part[part["x_value"] == part["x_value"].max()]
             inside = int(top["covered"].astype(bool).sum())
             names = ", ".join(str(n) for n in top["run_name"])
-            lines.append(f"{group}, {law}: the largest model ({names}; {fmt_num(top['x_value'].iloc[0])} training MACs) "
+            lines.append(f"{group}, {law}: the largest model ({names}; {fmt_num(top['x_value'].iloc[0])} "
+                         "training MACs) "
                          f"measured {', '.join(fmt_num(v) for v in top['measured'])}, predicted "
                          f"{fmt_num(top['predicted'].iloc[0])} with 95 % PI [{fmt_num(top['pi95_lo'].iloc[0])}, "
                          f"{fmt_num(top['pi95_hi'].iloc[0])}]: **{inside} of {len(top)} inside**")
@@ -404,7 +409,8 @@ def _n(count: int, noun: str) -> str:
 
 def _plateau_text(p: dict[str, Any], metric: str) -> str:
     return (f"seed-mean {metric} {fmt_num(p['mean_from'])} at step {p['from_step']} -> {fmt_num(p['mean_to'])} at "
-            f"step {p['to_step']} (intermediate evaluations, {fmt_value(p['samples'])} samples; {fmt_value(p['total_steps'])} "
+            f"step {p['to_step']} (intermediate evaluations, {fmt_value(p['samples'])} samples; "
+            f"{fmt_value(p['total_steps'])} "
             f"steps in all): relative improvement {p['relative_improvement']:.1%} (95 % CI "
             f"{_ci_pct(p['ci95'])}) over the last third: **{p['verdict']}** (rule: near plateau below "
             f"{PLATEAU_THRESHOLD:.0%})")

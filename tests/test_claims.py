@@ -202,7 +202,8 @@ def test_analyze_reports_the_claims_in_report_json_and_summary(store: str, tmp_p
                               "--holdout", "1"])
     assert args.func(args) == 0
     printed = capsys.readouterr().out
-    assert "claims all" in printed and "larger better in 135 of 135 same-step comparisons (1.00 [1.00, 1.00])" in printed
+    assert "claims all" in printed
+    assert "larger better in 135 of 135 same-step comparisons (1.00 [1.00, 1.00])" in printed
     claims = json.loads((out / "fits.json").read_text())["claims"]
     assert claims["n_used"] == 18 and claims["unhealthy_left_out"] == 1 and claims["bootstrap"]["resamples"] == 50
     assert {"correlation", "larger_better", "plateau", "prediction"} == set(claims["method"])
