@@ -1,4 +1,4 @@
-"""Shared helpers: machine description, matmul peak, result files."""
+"""Shared helpers: machine description, matmul peak, result files, a random Inception weights file."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import platform
 import time
 from pathlib import Path
 from typing import Any
+
+from gat_core.atomic import write_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,8 +52,32 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, seconds: float = 3.0, dev
 
 
 def save(name: str, result: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **result}, indent=2))
+    path = write_atomic(RESULTS / f"{name}.json", json.dumps({"machine": machine(), **result}, indent=2))
     print(json.dumps(result, indent=2))
+    return path
+
+
+def write_random_inception_weights(path: Path, seed: int = 0, gain: float = 2.0) -> Path:
+    """A randomly initialised network in the exact format of torch-fidelity's Inception weights file.
+
+    For tests and benchmarks on machines without the real file.  torchvision's Inception-v3
+    (aux_logits off, 1008 classes) has exactly torch-fidelity's state-dict keys and shapes.  Its
+    default initialisation makes the pool_3 features vanish (~1e-8: every FID is 0), so the
+    convolutions are re-drawn He-normal (`gain` = 2: ReLU-preserving variance); callers should still
+    check that the features vary across images.
+    """
+    import torch
+    import torchvision
+
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+    g = torch.Generator().manual_seed(seed)
+    state = net.state_dict()
+    for key, value in state.items():
+        if key.endswith("conv.weight"):
+            value.copy_(torch.randn(value.shape, generator=g) * (gain / value[0].numel()) ** 0.5)
+        elif key == "fc.weight":
+            value.copy_(torch.randn(value.shape, generator=g) * (1.0 / value.shape[1]) ** 0.5)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
     return path

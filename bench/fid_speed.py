@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--skip-pipeline", action="store_true")
     args = parser.parse_args()
 
-    from gat_core.metrics.extractors import write_random_inception_weights
+    from bench.common import write_random_inception_weights
 
     result: dict = {"targets": {"pipeline_ratio": "<= 1.0", "frechet_2048_ratio": "<= 0.25"}}
     with tempfile.TemporaryDirectory() as tmp:

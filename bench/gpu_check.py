@@ -61,6 +61,7 @@ from typing import Any
 import yaml
 
 from bench.common import machine, matmul_peak
+from gat_core.atomic import write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 # in the order they run: the XL search is last, as it alone can stretch to fill what is left of the budget
@@ -412,7 +413,7 @@ def varied_inception(path: Path, probe) -> tuple[Path, int]:
     import torch
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    from gat_core.metrics.extractors import write_random_inception_weights
+    from bench.common import write_random_inception_weights
 
     for seed in range(5):
         write_random_inception_weights(path, seed=seed)
@@ -563,10 +564,7 @@ def run_step(name: str, fn: Callable[[Context], dict[str, Any]], ctx: Context) -
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {

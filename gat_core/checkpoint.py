@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from gat_core.atomic import write_atomic
 
 PREFIX, SUFFIX = "ckpt-", ".pt"
 FORMAT_KEY = "weights_format"
@@ -43,12 +44,8 @@ def check_format(state: dict[str, Any], path: Path, what: str = "checkpoint") ->
 
 
 def save_atomic(obj: Any, path: Path) -> Path:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    """torch.save through a temporary file in the same folder and a rename: a crash never leaves half a file."""
+    return write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def read(path: Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:

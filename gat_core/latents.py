@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gat_core.atomic import write_atomic
 from gat_core.data import BatchSampler, ImageDataset
 from gat_core.data.dataset import quantize_uint8
 from gat_core.data.folder import load_files, scan_folder
@@ -52,9 +52,7 @@ def load_vae(path: Path | str | None, key: str = "vae", device: str | torch.devi
 
 
 def _write_meta(out: Path, meta: dict[str, Any]) -> None:
-    tmp = out / f".{META_FILE}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / META_FILE)
+    write_atomic(out / META_FILE, json.dumps(meta, indent=2))
 
 
 @dataclass(frozen=True)

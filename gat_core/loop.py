@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 
 from gat_core import checkpoint as ckpt
+from gat_core.atomic import write_atomic
 from gat_core.config import TrialConfig
 from gat_core.distributed import DataParallel
 from gat_core.families import make_trainer
@@ -231,9 +232,7 @@ def _finish(trainer: TrialBase, report: Report, status: Literal["completed", "di
 
 def _write_result(workdir: Path, result: dict) -> None:
     """The result marker, written atomically (a re-score rewrites it)."""
-    tmp = workdir / f".{RESULT_FILE}.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(workdir / RESULT_FILE)
+    write_atomic(workdir / RESULT_FILE, json.dumps(result, indent=2))
 
 
 def rescore(cfg: TrialConfig, workdir: Path, report: Report | None = None,

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
+from gat_core.atomic import write_atomic
 from gat_core.config import DATASET_NAMES, DataConfig, EvalConfig
 from gat_core.metrics.names import extractors_of, parse_metric
 
@@ -131,12 +131,7 @@ def reference_stats_cmd(dataset_cfg: DataConfig, extractor: str, out: Path, cach
     feature_extractor, _ = build_extractor(extractor, eval_cfg, dataset, Path(cache_dir), torch.device(device))
     reference(feature_extractor, dataset, Path(cache_dir), batch_size)
     cached = Path(cache_dir) / f"ref-{dataset.fingerprint()}-{feature_extractor.key}.npz"
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.copyfile(cached, tmp)
-    tmp.replace(out)
-    return out
+    return write_atomic(out, cached.read_bytes())
 
 
 # --- CLI ------------------------------------------------------------------------------------------

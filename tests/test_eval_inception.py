@@ -19,10 +19,11 @@ import torch_fidelity
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
+from bench.common import write_random_inception_weights
 from gat_core.config import DataConfig
 from gat_core.data import load_dataset, quantize_uint8
 from gat_core.metrics import RunningStats, frechet_distance
-from gat_core.metrics.extractors import InceptionExtractor, write_random_inception_weights
+from gat_core.metrics.extractors import InceptionExtractor
 from gat_core.metrics.stats import file_digest
 from gat_core.weights import INCEPTION_ENV, INCEPTION_FILE, WeightsNotFound
 

@@ -11,7 +11,8 @@ import torch
 from pydantic import ValidationError
 
 from gat_core.config import DataConfig, EvalConfig, TrialConfig
-from gat_core.metrics import RunningStats, fd_of_generator, frechet_distance
+from gat_core.data import sample_labels
+from gat_core.metrics import RunningStats, frechet_distance
 from gat_core.metrics.names import parse_metric
 from gat_core.gan_trainer import GANTrainer
 from gat_core.loop import TrainEvent, train
@@ -109,15 +110,20 @@ def test_in_training_evals_score_the_primary_metric_final_adds_the_extras(gan_ru
 
 
 def test_default_metric_value_unchanged(tmp_path: Path) -> None:
-    """The default `fd_classifier` is what the earlier pipeline (fd_of_generator) computed, same samples."""
+    """The default `fd_classifier` is the Fréchet distance of the features of the same samples, computed by hand."""
     trainer = GANTrainer(tiny(tmp_path), tmp_path / "t", cache_dir=tmp_path / "cache")
     trainer.prepare_eval()
     torch.manual_seed(5)
     value = trainer.quality(64)
     ref = trainer.evaluator.references["classifier"].stats
     torch.manual_seed(5)
-    old = fd_of_generator(lambda labels: trainer.generate(labels).clamp(-1, 1), 64, 32, trainer.dataset.num_classes,
-                          trainer.evaluator.extractors["classifier"], ref, seed=1234)
+    extractor, labels_rng = trainer.evaluator.extractors["classifier"], torch.Generator().manual_seed(1234)
+    stats = RunningStats(extractor.dim)
+    with torch.no_grad():
+        for _ in range(2):  # 64 samples, 32 at a time, labels drawn as the evaluator draws them
+            labels = sample_labels(trainer.dataset.num_classes, 32, labels_rng)
+            stats.update(extractor.features(trainer.generate(labels).clamp(-1, 1)))
+    old = frechet_distance(stats.mean, stats.cov, ref.mean, ref.cov)
     assert value == pytest.approx(old, rel=1e-9)
     torch.manual_seed(5)
     out = trainer.evaluate(64)

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from gat_core.config import DataConfig
 from gat_core.data import ImageDataset, load_dataset, quantize_uint8
 from gat_core.metrics import (
-    ClassifierExtractor, FeatureExtractor, RunningStats, fd_of_generator, frechet_distance, load_or_train_classifier,
+    ClassifierExtractor, Evaluator, FeatureExtractor, RunningStats, frechet_distance, load_or_train_classifier,
     reference_stats, train_classifier,
 )
+from gat_core.metrics.evaluator import Reference
 
 EPOCHS = 3
 
@@ -213,9 +214,11 @@ def test_fd_separates_real_from_degraded(shapes_data: ImageDataset, trained: dic
     np.testing.assert_array_equal(reference_stats(extractor, real_a, tmp_path).cov, ref.cov)
     assert ref_file.stat().st_mtime_ns == mtime  # cached, not recomputed
 
+    evaluator = Evaluator({"classifier": extractor}, {"classifier": Reference(ref)})
+
     def fd(transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> float:
-        return fd_of_generator(pool_generator(real_b, transform), num_samples=half, batch_size=250,
-                               num_classes=10, extractor=extractor, ref=ref, seed=0)
+        return evaluator(pool_generator(real_b, transform), ["fd_classifier"], num_samples=half, batch_size=250,
+                         num_classes=10, seed=0)["fd_classifier"]
 
     fd_real = fd()
     fd_noise = fd(lambda x: torch.rand_like(x) * 2 - 1)
@@ -228,15 +231,17 @@ def test_fd_separates_real_from_degraded(shapes_data: ImageDataset, trained: dic
     assert fd_blur[0] < fd_blur[1] < fd_blur[2]
 
 
-def test_fd_of_generator_deterministic_and_nan(shapes_data: ImageDataset, trained: dict, tmp_path: Path) -> None:
+def test_evaluator_fd_deterministic_and_nan(shapes_data: ImageDataset, trained: dict, tmp_path: Path) -> None:
     extractor = trained["extractor"]
     ref = reference_stats(extractor, ImageDataset(shapes_data.images[:500], shapes_data.labels[:500], 10, "sub"), tmp_path)
+    evaluator = Evaluator({"classifier": extractor}, {"classifier": Reference(ref)})
     seen: list[int] = []
 
     def generate(labels: torch.Tensor) -> torch.Tensor:
         seen.append(len(labels))
         return shapes_data.images[: len(labels)] * 0.9
-    a = fd_of_generator(generate, 300, 128, 10, extractor, ref, seed=0)
-    b = fd_of_generator(generate, 300, 128, 10, extractor, ref, seed=0)
+    a = evaluator(generate, ["fd_classifier"], 300, 128, 10, seed=0)
+    b = evaluator(generate, ["fd_classifier"], 300, 128, 10, seed=0)
     assert a == b and seen == [128, 128, 44] * 2
-    assert math.isnan(fd_of_generator(lambda lab: torch.full((len(lab), 3, 16, 16), math.nan), 10, 5, 10, extractor, ref, 0))
+    nan = evaluator(lambda lab: torch.full((len(lab), 3, 16, 16), math.nan), ["fd_classifier"], 10, 5, 10, seed=0)
+    assert math.isnan(nan["fd_classifier"]) and nan["eval_samples"] == 10

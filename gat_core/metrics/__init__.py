@@ -12,8 +12,7 @@ from typing import Any
 _EXPORTS = {
     "ClassifierExtractor": "classifier", "SmallCNN": "classifier", "load_or_train_classifier": "classifier",
     "train_classifier": "classifier",
-    "FeatureExtractor": "frechet", "fd_of_generator": "frechet", "frechet_distance": "frechet",
-    "reference_stats": "frechet", "reference_features": "frechet",
+    "FeatureExtractor": "frechet", "frechet_distance": "frechet", "reference_stats": "frechet",
     "RunningStats": "stats", "ReferenceBatch": "stats",
     "InceptionExtractor": "extractors", "DINOv2Extractor": "extractors", "build_extractor": "extractors",
     "kid": "scores", "precision_recall": "scores", "fd_infinity": "scores",

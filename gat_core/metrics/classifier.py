@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 from torch import Tensor, nn
 
+from gat_core.checkpoint import save_atomic
 from gat_core.data import ImageDataset, quantize_uint8
 
 log = logging.getLogger(__name__)
@@ -152,17 +151,6 @@ def train_classifier(
     return model.to(memory_format=torch.contiguous_format).eval(), accuracy
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load(path: Path, dataset: ImageDataset) -> tuple[SmallCNN, float]:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     model = SmallCNN(**blob["arch"])
@@ -194,6 +182,6 @@ def load_or_train_classifier(
         if model is None:
             model, accuracy = train_classifier(dataset, epochs, seed, device=device)
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            _save_atomic({"arch": model.arch, "state_dict": state, "accuracy": accuracy,
+            save_atomic({"arch": model.arch, "state_dict": state, "accuracy": accuracy,
                           "dataset": dataset.fingerprint(), "epochs": epochs, "seed": seed}, path)
     return ClassifierExtractor(model, path.stem, device), accuracy

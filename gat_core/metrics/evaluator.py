@@ -68,7 +68,7 @@ class Evaluator:
         """`{metric: value, ..., "eval_samples": num_samples}` (plus `kid_<x>_std`).
 
         `generate` maps CPU int64 labels to images in [-1, 1]; labels are uniform from a generator
-        seeded with `seed` (as in `fd_of_generator`, so the same seed gives the same labels).
+        seeded with `seed` (so the same seed gives the same labels).
         Non-finite images (a diverged generator) give NaN for every metric.
         """
         if num_samples < 2:

@@ -181,28 +181,3 @@ def build_extractor(name: str, eval_cfg, dataset, cache_dir: Path, device: str |
     if name == "pixels":
         return PixelExtractor(dataset.channels, dataset.resolution), None
     raise ValueError(f"unknown feature extractor {name!r}")
-
-
-def write_random_inception_weights(path: Path, seed: int = 0, gain: float = 2.0) -> Path:
-    """A randomly initialised network in the exact format of torch-fidelity's Inception weights file.
-
-    For tests and benchmarks on machines without the real file.  torchvision's Inception-v3
-    (aux_logits off, 1008 classes) has exactly torch-fidelity's state-dict keys and shapes.  Its
-    default initialisation makes the pool_3 features vanish (~1e-8: every FID is 0), so the
-    convolutions are re-drawn He-normal (`gain` = 2: ReLU-preserving variance); callers should still
-    check that the features vary across images.
-    """
-    import torchvision
-
-    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
-    g = torch.Generator().manual_seed(seed)
-    state = net.state_dict()
-    for key, value in state.items():
-        if key.endswith("conv.weight"):
-            value.copy_(torch.randn(value.shape, generator=g) * (gain / value[0].numel()) ** 0.5)
-        elif key == "fc.weight":
-            value.copy_(torch.randn(value.shape, generator=g) * (1.0 / value.shape[1]) ** 0.5)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-    return path

@@ -1,4 +1,4 @@
-"""Fréchet distance between Gaussian fits of features, cached reference statistics, and the FD of a generator.
+"""Fréchet distance between Gaussian fits of features, and cached reference statistics and features.
 
 The feature extractor is a protocol: the same pipeline serves the download-free classifier
 features, Inception (`fid`) and DINOv2 (`fd_dinov2`).
@@ -7,10 +7,7 @@ features, Inception (`fid`) and DINOv2 (`fd_dinov2`).
 from __future__ import annotations
 
 import logging
-import math
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -20,7 +17,8 @@ import torch
 from filelock import FileLock
 from torch import Tensor
 
-from gat_core.data import ImageDataset, sample_labels
+from gat_core.atomic import write_atomic
+from gat_core.data import ImageDataset
 from gat_core.metrics.stats import RunningStats
 
 log = logging.getLogger(__name__)
@@ -41,12 +39,6 @@ class FeatureExtractor(Protocol):
     dim: int
 
     def features(self, images: Tensor) -> Tensor: ...
-
-
-def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
-    """Square root of a symmetric PSD matrix; negative round-off eigenvalues are clipped to 0."""
-    w, v = np.linalg.eigh(matrix)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
 def _eigvalsh(matrix: np.ndarray) -> np.ndarray:
@@ -123,17 +115,6 @@ def _image_batches(source, batch_size: int) -> Iterator[Tensor]:
         yield source.batch(slice(start, start + batch_size))
 
 
-def _save_npy_atomic(array: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def reference(extractor: FeatureExtractor, source, cache_dir: Path, batch_size: int = 500, features: bool = False
               ) -> tuple[RunningStats, np.ndarray | None]:
     """Feature statistics (and, if `features`, all feature vectors) of real images, cached on disk.
@@ -167,7 +148,7 @@ def reference(extractor: FeatureExtractor, source, cache_dir: Path, batch_size: 
         all_feats = None
         if features:
             all_feats = np.concatenate(chunks).astype(np.float32)
-            _save_npy_atomic(all_feats, feats_path)
+            write_atomic(feats_path, lambda f: np.save(f, all_feats))
         log.info("reference features of %s with %s: %d images", stem, extractor.name, stats.n)
         return RunningStats.load(stats_path), all_feats
 
@@ -175,52 +156,3 @@ def reference(extractor: FeatureExtractor, source, cache_dir: Path, batch_size: 
 def reference_stats(extractor: FeatureExtractor, dataset: ImageDataset, cache_dir: Path, batch_size: int = 500) -> RunningStats:
     """Feature statistics of all real images, cached per (dataset fingerprint, extractor key) as .npz."""
     return reference(extractor, dataset, cache_dir, batch_size)[0]
-
-
-def reference_features(extractor: FeatureExtractor, dataset, cache_dir: Path, batch_size: int = 500) -> np.ndarray:
-    """All real feature vectors [N, dim] (float32), cached beside the statistics."""
-    feats = reference(extractor, dataset, cache_dir, batch_size, features=True)[1]
-    assert feats is not None
-    return feats
-
-
-def _generated_stats(
-    generate: Callable[[Tensor], Tensor], num_samples: int, batch_size: int, num_classes: int,
-    extractor: FeatureExtractor, seed: int,
-) -> RunningStats | None:
-    """Feature statistics of `num_samples` generated images; None if the generator produced non-finite pixels."""
-    g = torch.Generator().manual_seed(seed)
-    stats = RunningStats(extractor.dim)
-    with torch.no_grad():
-        for start in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - start)
-            labels = sample_labels(num_classes, n, g)
-            images = generate(labels)
-            if images.ndim != 4 or images.shape[0] != n:
-                raise ValueError(f"generate: expected {n} images [N, C, H, W] for {n} labels, got {list(images.shape)}")
-            if not torch.isfinite(images).all():
-                return None
-            stats.update(extractor.features(images))
-    return stats
-
-
-def fd_of_generator(
-    generate: Callable[[Tensor], Tensor], num_samples: int, batch_size: int, num_classes: int,
-    extractor: FeatureExtractor, ref: RunningStats, seed: int,
-) -> float:
-    """Fréchet distance between `num_samples` generated images and the reference statistics.
-
-    `generate` maps CPU int64 labels to images in [-1, 1] (moving labels to its
-    own device); labels are uniform from a generator seeded with `seed`, so two
-    evaluations of the same generator see the same labels.  Samples are
-    generated and featurised batch by batch, never all held at once.
-    Returns NaN (and logs a warning) if the generator outputs NaN/inf,
-    which a diverged run does; the caller decides what that means.
-    """
-    if num_samples < 2:
-        raise ValueError(f"num_samples: need at least 2 samples for a covariance, got {num_samples}")
-    stats = _generated_stats(generate, num_samples, batch_size, num_classes, extractor, seed)
-    if stats is None:
-        log.warning("fd_%s: generator produced non-finite images; returning NaN", extractor.name)
-        return math.nan
-    return frechet_distance(stats.mean, stats.cov, ref.mean, ref.cov)

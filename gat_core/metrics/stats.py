@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from torch import Tensor
+
+from gat_core.atomic import write_atomic
 
 
 def _as_float64(feats: Tensor | np.ndarray) -> np.ndarray:
@@ -72,16 +72,7 @@ class RunningStats:
 
     def save(self, path: Path) -> None:
         """Write `mu`, `sigma` (and `n`) to an .npz, atomically so concurrent readers never see a partial file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, mu=self.mean, sigma=self.cov, n=np.int64(self.n))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda f: np.savez(f, mu=self.mean, sigma=self.cov, n=np.int64(self.n)))
 
     @classmethod
     def load(cls, path: Path) -> "RunningStats":
