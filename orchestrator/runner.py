@@ -24,7 +24,7 @@ from orchestrator.plan import compute_columns
 from orchestrator.progress import ProgressTable
 from orchestrator.study import Study, StudyError
 from orchestrator.tracking import (EARLIER_ID_TAG, EVAL_TAG, FINAL_STATUSES, HEALTH_REASON_TAG, HEALTH_TAG,
-                                   StudyTracker, TrialLogger)
+                                   StudyTracker, TrialLogger, machine_facts)
 from orchestrator.trial_identity import config_params, evaluation_items, same_evaluation, same_identity
 
 if TYPE_CHECKING:
@@ -390,6 +390,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     says); return the outcome of all trials.  A trial trained past the steps the study now asks for is a
     StudyError before anything runs."""
     cfg = study.config
+    started = time.monotonic()
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or cfg.tracking_uri
@@ -421,6 +422,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     if todo:
         rescore = frozenset(t.trial_id for t in todo if actions[t.trial_id].kind == "rescore")
         _fit(study, todo, run_ids, uri, out, storage or str(out / "ray"), address, quiet, rescore)
+        tracker.record_session(parent_id, time.monotonic() - started, {**machine_facts(), **_cluster_facts()})
     outcomes = collect_outcomes(study, tracker)
     unfinished = [o for o in outcomes if o.status not in (*FINAL_STATUSES, "failed")]
     for o in unfinished:  # stopped by Ctrl-C or a lost driver: resumable, say so
@@ -470,6 +472,18 @@ def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path,
         tuner.fit()  # Ctrl-C: Tune stops the trials and returns; MLflow says which ones finished
     except KeyboardInterrupt:
         pass
+
+
+def _cluster_facts() -> dict[str, str]:
+    """The Ray cluster the study's trials ran on: nodes, CPUs and GPUs (parent-run tags `machine.ray_*`)."""
+    import ray
+
+    try:
+        total = ray.cluster_resources()
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    except Exception:  # the cluster went away: its size is simply not recorded
+        return {}
+    return {"ray_nodes": str(nodes), "ray_cpus": f"{total.get('CPU', 0):g}", "ray_gpus": f"{total.get('GPU', 0):g}"}
 
 
 def _default_concurrency(res: Any) -> int:

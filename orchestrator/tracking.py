@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import subprocess
 import tempfile
@@ -59,6 +60,38 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+# Parent-run tags of where and how long a study ran (`StudyTracker.record_session`)
+MACHINE_TAG_PREFIX = "machine."
+WALL_TIME_TAG, LAST_WALL_TIME_TAG, SESSIONS_TAG = "wall_time_s", "last_run_wall_s", "run_sessions"
+
+
+def machine_facts() -> dict[str, str]:
+    """What the driver's machine is: OS, CPU model, logical CPUs, memory, CUDA GPUs (no host name, no
+    environment): tags `machine.<key>` of the study's parent run."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    facts = {"os": platform.platform(), "cpu": cpu, "logical_cpus": str(os.cpu_count() or ""),
+             "python": platform.python_version()}
+    try:
+        facts["memory_gb"] = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1e9:.1f}"
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        facts["gpus"] = ", ".join(torch.cuda.get_device_name(i) for i in range(count)) or "none"
+    except Exception:  # no torch, or a broken CUDA set-up: the GPUs are simply not recorded
+        pass
+    return facts
 
 
 def _params(values: dict[str, Any]) -> list[Param]:
@@ -215,6 +248,19 @@ class StudyTracker:
         for i in range(0, len(items), 90):
             self.client.log_batch(run.info.run_id, params=items[i:i + 90])
         return run.info.run_id
+
+    def record_session(self, run_id: str, wall_s: float, facts: dict[str, str]) -> None:
+        """Add one `run` that trained something to the parent run: its wall time to `wall_time_s` (the sum over
+        every such `run`, resumes included), `last_run_wall_s`, `run_sessions`, and `facts` (the machine and
+        the Ray cluster it trained on) as `machine.<key>` tags (the latest session's)."""
+        tags = self.client.get_run(run_id).data.tags
+        try:
+            total, sessions = float(tags.get(WALL_TIME_TAG, 0)), int(tags.get(SESSIONS_TAG, 0))
+        except ValueError:
+            total, sessions = 0.0, 0
+        items = {WALL_TIME_TAG: f"{total + wall_s:.1f}", LAST_WALL_TIME_TAG: f"{wall_s:.1f}",
+                 SESSIONS_TAG: str(sessions + 1), **{MACHINE_TAG_PREFIX + k: v for k, v in facts.items()}}
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in items.items()])
 
     def set_study_status(self, run_id: str, status: str) -> None:
         self.client.set_tag(run_id, "status", status)
