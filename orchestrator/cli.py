@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     from orchestrator.ui_cmd import add_parser as add_ui_parser
 
     add_ui_parser(sub)
+    from orchestrator.results_cmd import add_results_parser
+
+    add_results_parser(sub)
 
     p = sub.add_parser("status", help="where a study stands, from MLflow")
     _add_study_args(p)
