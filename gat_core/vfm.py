@@ -1,4 +1,5 @@
-"""VFM alignment (REPA) of the discriminator to a frozen DINOv2 teacher.
+"""VFM alignment (REPA) of the discriminator to a frozen DINOv2 teacher, and the DINOv2 loader it shares
+with the `fd_dinov2` extractor.
 
 The teacher is a timm DINOv2 ViT loaded from a local weights file (no download),
 its position embedding resampled to the teacher's input size by timm's own
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gat_core.flops import DINOV2_ARCH
 from gat_core.models.layers import init_xavier
 from gat_core.weights import dinov2_weights
 
@@ -22,20 +24,52 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    for key in ("model", "state_dict", "teacher"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError("not a state dict")
+    return state
+
+
+def dinov2_model_name(state: dict[str, torch.Tensor]) -> str:
+    """timm name of the DINOv2 architecture a checkpoint holds (width from cls_token, registers or not)."""
+    cls = state.get("cls_token")
+    if cls is None:
+        raise ValueError("no cls_token: not a DINOv2 ViT checkpoint")
+    width, registers = int(cls.shape[-1]), "register_tokens" in state or "reg_token" in state
+    names = [name for name, arch in DINOV2_ARCH.items() if arch[0] == width and (arch[4] > 0) == registers]
+    if not names:
+        raise ValueError(f"unknown DINOv2 width {width}")
+    return names[0]
+
+
+def load_dinov2(path: Path, key: str, model_name: str | None = None, image_size: int = 224) -> nn.Module:
+    """A frozen timm DINOv2 ViT from a local official checkpoint (read with weights_only), its position
+    embedding resampled to `image_size` by timm's checkpoint filter; the architecture is the file's when
+    `model_name` is None.  A ValueError naming `key` and the file if the file is not such a checkpoint."""
+    import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    try:
+        state = _state_dict(path)
+        net = timm.create_model(model_name or dinov2_model_name(state), pretrained=False, num_classes=0,
+                                img_size=image_size)
+        net.load_state_dict(checkpoint_filter_fn(state, net))
+    except Exception as exc:  # unpickling, key or shape mismatches
+        what = f"a {model_name}" if model_name else "an official DINOv2 ViT-*/14"
+        raise ValueError(f"{key}: {path} is not {what} checkpoint ({type(exc).__name__}: {str(exc)[:300]})") from None
+    return net.eval().requires_grad_(False)
+
+
 class VFMTeacher(nn.Module):
     """Frozen DINOv2 ViT from timm: images in [-1, 1] -> (cls [B, C], patches [B, grid*grid, C])."""
 
     def __init__(self, model_name: str, weights: Path, image_size: int = 224) -> None:
         super().__init__()
-        import timm
-
-        weights = dinov2_weights(weights)
-        try:
-            self.net = timm.create_model(model_name, pretrained=True, num_classes=0, img_size=image_size,
-                                         pretrained_cfg_overlay={"file": str(weights)})
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise ValueError(f"train.vfm.weights: {weights} is not a {model_name} checkpoint ({exc})") from exc
-        self.net.eval().requires_grad_(False)
+        self.net = load_dinov2(dinov2_weights(weights), "train.vfm.weights", model_name, image_size)
         self.image_size = image_size
         self.dim = self.net.num_features
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from gat_core.data import quantize_uint8
 from gat_core.metrics.stats import file_digest
+from gat_core.vfm import IMAGENET_MEAN, IMAGENET_STD, load_dinov2
 from gat_core.weights import eval_dinov2_weights, inception_weights
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,6 @@ class PixelExtractor:
         if x.shape[-1] != self.side:
             x = torch.nn.functional.adaptive_avg_pool2d(x, self.side)
         return x.flatten(1)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_DINOV2_WIDTHS = {384: "vit_small_patch14", 768: "vit_base_patch14", 1024: "vit_large_patch14",
-                  1536: "vit_giant_patch14"}
 
 
 def uint8_rgb(images: Tensor) -> Tensor:
@@ -102,28 +98,6 @@ class InceptionExtractor:
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
 
-def _state_dict(path: Path) -> dict[str, Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    for key in ("model", "state_dict", "teacher"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError("not a state dict")
-    return state
-
-
-def dinov2_model_name(state: dict[str, Tensor]) -> str:
-    """timm name of the DINOv2 architecture a checkpoint holds (width from cls_token, registers or not)."""
-    cls = state.get("cls_token")
-    if cls is None:
-        raise ValueError("no cls_token: not a DINOv2 ViT checkpoint")
-    width = int(cls.shape[-1])
-    if width not in _DINOV2_WIDTHS:
-        raise ValueError(f"unknown DINOv2 width {width}")
-    registers = "register_tokens" in state or "reg_token" in state
-    return f"{_DINOV2_WIDTHS[width]}{'_reg4' if registers else ''}_dinov2"
-
-
 class DINOv2Extractor:
     """`FeatureExtractor` over an official DINOv2 ViT-*/14 checkpoint: the CLS token at 224 px."""
 
@@ -131,20 +105,11 @@ class DINOv2Extractor:
     image_size = 224
 
     def __init__(self, weights: Path | str | None = None, device: str | torch.device = "cpu", chunk: int = 64) -> None:
-        import timm
-        from timm.models.vision_transformer import checkpoint_filter_fn
-
         path = eval_dinov2_weights(weights)
-        try:
-            state = _state_dict(path)
-            self.model_name = dinov2_model_name(state)
-            net = timm.create_model(self.model_name, pretrained=False, num_classes=0, img_size=self.image_size)
-            net.load_state_dict(checkpoint_filter_fn(state, net))
-        except Exception as exc:
-            raise ValueError(f"eval.dinov2_weights: {path} is not an official DINOv2 ViT-*/14 checkpoint "
-                             f"({type(exc).__name__}: {str(exc)[:300]})") from None
+        net = load_dinov2(path, "eval.dinov2_weights", image_size=self.image_size)
+        self.model_name = net.pretrained_cfg["architecture"]  # the timm name, read from the file
         self.device = torch.device(device)
-        self.net = net.eval().requires_grad_(False).to(self.device)
+        self.net = net.to(self.device)
         self.dim = int(self.net.num_features)
         self.chunk = chunk
         self.weights = path
