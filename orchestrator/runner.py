@@ -178,6 +178,7 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
     """
     import torch
 
+    from gat_core.atomic import write_atomic
     from gat_core.config import TrialConfig
     from gat_core.loop import rescore as rescore_trial
     from gat_core.loop import train
@@ -204,8 +205,7 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
             newest = _newest_checkpoint(Path(folder), workdir / "checkpoints")
             if newest is not None and newest.parent != workdir / "checkpoints":
                 resume_from = workdir / "restored" / f"rank{rank}" / newest.name
-                resume_from.parent.mkdir(parents=True, exist_ok=True)
-                resume_from.write_bytes(newest.read_bytes())
+                write_atomic(resume_from, newest.read_bytes())
 
     report = Reporter(logger, publish)
 
