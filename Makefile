@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup quickstart test test-fast bench clean
+.PHONY: setup quickstart test test-fast bench results results-pages clean
 
 # torch and torchvision first, pinned to the builds that ship a working torchvision;
 # then the project with its test extras.
@@ -20,6 +20,27 @@ setup: $(STAMP)
 quickstart: setup
 	$(VENV)/bin/gat-study run studies/quickstart.yaml
 	$(VENV)/bin/gat-study analyze studies/quickstart.yaml
+
+# Results at CPU scale: every study of studies/ that runs on this machine (all but the GPU ones, which need
+# weights and data it does not have), each resumed where its store stands, then docs/results/<study>.md
+# rebuilt from the MLflow stores (`gat-study results`; the readings, docs/results/<study>.reading.md, are
+# the hand-written part).  Several hours on 2 cores (each study file's header gives its own estimate).
+# `make results-pages` only rebuilds the pages; `make results STUDIES="studies/a.yaml ..."` runs a subset.
+GPU_STUDIES     := studies/imagenet256-gat.yaml
+STUDIES         ?= $(filter-out $(GPU_STUDIES),$(sort $(wildcard studies/*.yaml)))
+HOLDOUT_STUDIES := studies/cpu-scaling.yaml studies/isoflop.yaml   # pages with the held-out prediction (--holdout 1)
+
+# the pages of $(STUDIES), shell text shared by the two targets (sets status=1 on a failure)
+PAGES = plain="$(filter-out $(HOLDOUT_STUDIES),$(STUDIES))"; held="$(filter $(HOLDOUT_STUDIES),$(STUDIES))"; \
+	if [ -n "$$plain" ]; then $(VENV)/bin/gat-study results $$plain || status=1; fi; \
+	if [ -n "$$held" ]; then $(VENV)/bin/gat-study results --holdout 1 $$held || status=1; fi
+
+results: setup
+	@status=0; for study in $(STUDIES); do $(VENV)/bin/gat-study run $$study || status=1; done; \
+	$(PAGES); exit $$status
+
+results-pages: setup
+	@status=0; $(PAGES); exit $$status
 
 test: setup
 	$(PY) -m pytest -q
