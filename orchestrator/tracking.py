@@ -324,11 +324,14 @@ class TrialLogger:
             return True
         try:
             while self.buffer:
-                chunk = self.buffer[:_MAX_BATCH]
-                self.client.log_batch(self.run_id, metrics=chunk)
-                self.buffer = self.buffer[len(chunk):]
-            self.client.set_tag(self.run_id, "logged_through_step", str(self.pending_through))
-            self.logged_through = self.pending_through
+                chunk, rest = self.buffer[:_MAX_BATCH], self.buffer[_MAX_BATCH:]
+                # the buffer is in step order: after this chunk every step before the rest's first is complete.
+                # The tag travels in the chunk's own log_batch (one transaction), so a failed write can leave
+                # neither metrics without their tag (logged again after a restart) nor a tag without metrics
+                through = rest[0].step - 1 if rest else self.pending_through
+                self.client.log_batch(self.run_id, metrics=chunk,
+                                      tags=[RunTag("logged_through_step", str(max(through, self.logged_through)))])
+                self.buffer, self.logged_through = rest, max(through, self.logged_through)
             return True
         except Exception as exc:  # server down, sqlite locked: try again later
             log.warning("MLflow logging failed (%s); %d metrics kept for retry", exc, len(self.buffer))

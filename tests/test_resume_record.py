@@ -42,3 +42,36 @@ def test_metrics_reach_mlflow_before_the_checkpoint_of_their_step_is_written(tmp
     assert stored_at_save == {4: 4, 8: 8}
     assert ("persist", 4) not in published and ("checkpoint", 4) in published  # Ray sees no persist events
     assert mlflow.MlflowClient(uri).get_run(run_id).data.tags["logged_through_step"] == "8"
+
+
+def test_a_flush_that_fails_halfway_leaves_a_tag_that_matches_the_stored_steps(tmp_path):
+    """The tag saying how far a run is logged travels in each chunk's own log_batch, so a restart after a
+    half-written flush neither logs a stored step twice nor skips an unstored one."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("chunks")).info.run_id
+    logger = TrialLogger(uri, run_id, flush_seconds=3600)
+    for step in range(1, 401):  # 3 keys x 400 steps = 1200 metrics: two chunks of at most 900
+        logger.log(step, {"loss_d": step / 10, "loss_g": -step / 10, "lr_g": 1e-3})
+    real = logger.client.log_batch
+    calls = []
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("database is locked")
+        return real(*args, **kwargs)
+
+    logger.client.log_batch = fail_second
+    assert not logger.flush()  # kept for retry
+    stored = sorted(m.step for m in client.get_metric_history(run_id, "loss_d"))
+    through = int(client.get_run(run_id).data.tags["logged_through_step"])
+    assert stored == list(range(1, through + 1)) and 250 < through < 400
+
+    restarted = TrialLogger(uri, run_id, flush_seconds=3600)  # the process died: a new attempt logs again
+    for step in range(1, 401):
+        restarted.log(step, {"loss_d": step / 10, "loss_g": -step / 10, "lr_g": 1e-3})
+    assert restarted.flush()
+    for key in ("loss_d", "loss_g", "lr_g"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(1, 401))
+    assert client.get_run(run_id).data.tags["logged_through_step"] == "400"
