@@ -38,17 +38,21 @@ class Server:
                "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                "--artifacts-destination", str(self.root / "artifacts")]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 240  # a loaded 2-core machine once needed more than 90 s
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if requests.get(self.uri + "/health", timeout=1).ok:
                     return
             except requests.RequestException:
                 time.sleep(0.5)
-        raise RuntimeError("mlflow server did not start")
+        self.stop()  # never leave a half-started server (and its job runners) behind
+        raise RuntimeError(f"mlflow server on port {self.port} did not start")
 
     def stop(self) -> None:
-        os.killpg(self.proc.pid, 15)
+        try:
+            os.killpg(self.proc.pid, 15)
+        except ProcessLookupError:  # already gone
+            pass
         self.proc.wait(timeout=30)
 
 
