@@ -13,10 +13,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mlflow.entities import RunTag
 
@@ -26,9 +25,6 @@ from orchestrator.study import Study, StudyError
 from orchestrator.tracking import (EARLIER_ID_TAG, EVAL_TAG, FINAL_STATUSES, HEALTH_REASON_TAG, HEALTH_TAG,
                                    StudyTracker, TrialLogger, machine_facts)
 from orchestrator.trial_identity import config_params, evaluation_items, same_evaluation, same_identity
-
-if TYPE_CHECKING:
-    from gat_core.loop import TrainEvent
 
 log = logging.getLogger(__name__)
 
@@ -137,35 +133,6 @@ def _dist_backend() -> str:
     import torch.distributed as dist
 
     return dist.get_backend() if dist.is_initialized() else ""
-
-
-Publish = Callable[[dict[str, Any], "Path | None"], None]
-
-
-class Reporter:
-    """The trainer's events to MLflow (rank 0's `logger`; None on the other data-parallel ranks) and to Ray
-    (`publish`, every rank alike).  Before a checkpoint is written ("persist") the metrics so far are flushed: a
-    restart resumes from the newest checkpoint and never re-logs the steps before it, so they must be stored."""
-
-    def __init__(self, logger: TrialLogger | None, publish: Publish) -> None:
-        self.logger, self.publish = logger, publish
-        self.reported_final = False  # this attempt ran (and told MLflow) the final evaluation
-
-    def __call__(self, event: TrainEvent) -> None:
-        self.reported_final = self.reported_final or event.kind == "final"
-        if self.logger is not None:
-            if event.metrics:
-                self.logger.log(event.step, event.metrics, always=event.kind == "start" or event.replaces)
-            if "samples" in event.artifacts:
-                self.logger.artifact(event.artifacts["samples"], "samples")
-            if event.kind in ("persist", "final"):
-                self.logger.flush()
-            if "model" in event.artifacts:
-                self.logger.artifact(event.artifacts["model"], "model")
-        if event.kind != "persist":
-            folder = event.checkpoint_dir if event.kind == "checkpoint" else None
-            self.publish({"step": event.step, "total_steps": event.total_steps, "kind": event.kind, **event.metrics},
-                         folder)
 
 
 def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str, out_dir: str, cpus: float,

@@ -14,9 +14,10 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -27,6 +28,9 @@ from analysis.contract import (EARLIER_ID_TAG, EVAL_TAG, FLOP_CONVENTION, FLOPS_
 from gat_core.metrics.names import parse_metric
 from orchestrator.study import Study, Trial
 from orchestrator.trial_identity import swept_keys
+
+if TYPE_CHECKING:
+    from gat_core.loop import TrainEvent
 
 log = logging.getLogger(__name__)
 
@@ -361,3 +365,32 @@ class TrialLogger:
             time.sleep(min(30, 2 ** attempt))
         raise ConnectionError(f"MLflow store unavailable: {len(self.buffer)} metrics and the final status "
                               f"{status!r} of run {self.run_id} could not be written")
+
+
+Publish = Callable[[dict[str, Any], "Path | None"], None]
+
+
+class Reporter:
+    """The trainer's events to MLflow (rank 0's `logger`; None on the other data-parallel ranks) and to Ray
+    (`publish`, every rank alike).  Before a checkpoint is written ("persist") the metrics so far are flushed: a
+    restart resumes from the newest checkpoint and never re-logs the steps before it, so they must be stored."""
+
+    def __init__(self, logger: TrialLogger | None, publish: Publish) -> None:
+        self.logger, self.publish = logger, publish
+        self.reported_final = False  # this attempt ran (and told MLflow) the final evaluation
+
+    def __call__(self, event: TrainEvent) -> None:
+        self.reported_final = self.reported_final or event.kind == "final"
+        if self.logger is not None:
+            if event.metrics:
+                self.logger.log(event.step, event.metrics, always=event.kind == "start" or event.replaces)
+            if "samples" in event.artifacts:
+                self.logger.artifact(event.artifacts["samples"], "samples")
+            if event.kind in ("persist", "final"):
+                self.logger.flush()
+            if "model" in event.artifacts:
+                self.logger.artifact(event.artifacts["model"], "model")
+        if event.kind != "persist":
+            folder = event.checkpoint_dir if event.kind == "checkpoint" else None
+            self.publish({"step": event.step, "total_steps": event.total_steps, "kind": event.kind, **event.metrics},
+                         folder)

@@ -3,7 +3,7 @@
 Every study is a real sqlite MLflow store: the runs (parent, one child per trial, params, tags) are created by
 `analysis.synthetic.log_study`, and the metrics are then written the way a training trial writes them: the
 trainer's events (`gat_core.loop.TrainEvent`: progress, eval with `eval.num_samples` samples, final with
-`eval.final_samples`) through the runner's `Reporter` into `orchestrator.tracking.TrialLogger`, which also sets
+`eval.final_samples`) through `orchestrator.tracking.Reporter` into `orchestrator.tracking.TrialLogger`, which also sets
 the final status and health tags.  Bootstraps are small: only the plumbing is under test.
 """
 
@@ -24,7 +24,7 @@ from analysis.select import primary_metric, select_trials
 from analysis.synthetic import SyntheticTrial, log_study, power_law_trials, synthetic_trial
 from gat_core.loop import TrainEvent
 from orchestrator.analyze_cmd import add_analyze_parser
-from orchestrator.runner import Reporter
+from orchestrator.tracking import Reporter
 from orchestrator.tracking import TrialLogger
 
 N_BOOT = 100

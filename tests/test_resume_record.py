@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from gat_core import checkpoint as ckpt
 from gat_core.config import TrialConfig
 from gat_core.loop import train
-from orchestrator.runner import Reporter
+from orchestrator.tracking import Reporter
 from orchestrator.tracking import TrialLogger
 from tests.conftest import tiny_study
 
