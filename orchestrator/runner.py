@@ -23,7 +23,7 @@ from orchestrator.plan import compute_columns
 from orchestrator.progress import ProgressTable
 from orchestrator.study import Study, StudyError
 from orchestrator.tracking import (EARLIER_ID_TAG, EVAL_TAG, FINAL_STATUSES, HEALTH_REASON_TAG, HEALTH_TAG,
-                                   StudyTracker, TrialLogger, machine_facts)
+                                   Publish, Reporter, StudyTracker, TrialLogger, machine_facts)
 from orchestrator.trial_identity import config_params, evaluation_items, same_evaluation, same_identity
 
 log = logging.getLogger(__name__)
