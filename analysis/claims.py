@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.fit import bootstrap_counts, bootstrap_indices, correlations, json_safe, percentile_interval
-from analysis.render import fmt_num, fmt_value, several_patches, size_key
+from analysis.render import fmt_interval, fmt_num, fmt_value, several_patches, size_key
 from analysis.scaling import families, variants
 
 LEVEL = 0.95
@@ -178,7 +178,7 @@ def pair_table(comp: pd.DataFrame, trials: pd.DataFrame, unit: str, *, n_boot: i
         for kind in ("intermediate", "final"):
             part = fraction_with_ci(group[group["kind"] == kind], unit, n_boot=n_boot, rng=rng)
             row.update({f"{kind}_n": part["n"], f"{kind}_fraction": part["fraction"],
-                        f"{kind}_ci95": _ci_text(part["ci95"])})
+                        f"{kind}_ci95": fmt_interval(part["ci95"], 3)})
         rows.append(row)
     return pd.DataFrame(rows, columns=["smaller", "larger", "gflops_ratio", "intermediate_n", "intermediate_fraction",
                                        "intermediate_ci95", "final_n", "final_fraction", "final_ci95"])
@@ -187,11 +187,6 @@ def pair_table(comp: pd.DataFrame, trials: pd.DataFrame, unit: str, *, n_boot: i
 def _ci_pct(ci: list[float] | tuple[float, float]) -> str:
     lo, hi = ci
     return f"[{lo:.1%}, {hi:.1%}]" if math.isfinite(lo) and math.isfinite(hi) else "—"
-
-
-def _ci_text(ci: list[float] | tuple[float, float]) -> str:
-    lo, hi = ci
-    return f"[{fmt_num(lo, 3)}, {fmt_num(hi, 3)}]" if math.isfinite(lo) and math.isfinite(hi) else "—"
 
 
 # --- (c) plateau of the smallest model -----------------------------------------------------------------------
@@ -372,7 +367,7 @@ def claims_markdown(claims: Claims, md_table: Any, curves_link: str = "") -> str
             reading = ("CI excludes 0" if math.isfinite(lo) and (hi < 0 or lo > 0) else "CI includes 0")
             reading += f"; paper {PAPER_R}" + ("" if not math.isfinite(hi) else
                                              (", inside the CI" if lo <= PAPER_R <= hi else ", outside the CI"))
-            rows.append([f"log {c['x']} vs log {claims.metric}", fmt_num(c["r"], 3), _ci_text(c["ci95"]),
+            rows.append([f"log {c['x']} vs log {claims.metric}", fmt_num(c["r"], 3), fmt_interval(c["ci95"], 3),
                          str(c["n"]), reading])
         md += ["(a) Pearson correlation:\n",
                md_table(pd.DataFrame(rows, columns=["quantity", "r", "95 % CI", "trials", "reading"]))]
@@ -380,7 +375,7 @@ def claims_markdown(claims: Claims, md_table: Any, curves_link: str = "") -> str
         for kind, label in (("intermediate", "intermediate evaluations, step > 10 % of training"),
                             ("final", "final evaluation (last step)")):
             f = g["larger_better"][kind]
-            rows.append([label, f"{f['larger_better']} of {f['n']}", fmt_num(f["fraction"], 3), _ci_text(f["ci95"])])
+            rows.append([label, f"{f['larger_better']} of {f['n']}", fmt_num(f["fraction"], 3), fmt_interval(f["ci95"], 3)])
         units = len(g["seeds"]) if g["bootstrap_unit"] == "seed" else g["n_trials"]
         coarse = (f", so at most {math.comb(2 * units - 1, units)} distinct resamples: a coarse interval"
                   if units <= 5 else "")

@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from analysis.fit import json_safe
+from analysis.render import fmt_interval
 
 BUDGET_KEY = "train.flops_budget"
 SIZE_AXIS = "params_g"
@@ -207,8 +208,8 @@ class IsoflopResult:
     def profiles_frame(self) -> pd.DataFrame:
         rows = [{"group": self.group, "budget_macs": p.budget, "trials": p.n_trials, "sizes": p.n_sizes,
                  "min_size": p.size_range[0], "max_size": p.size_range[1], "curvature": p.coef[2],
-                 "n_opt": p.n_opt, "n_opt_ci95": _fmt_ci(p.n_opt_ci), f"{self.metric}_opt": p.metric_opt,
-                 f"{self.metric}_opt_ci95": _fmt_ci(p.metric_opt_ci), "inside_sizes": p.inside if p.ok else None,
+                 "n_opt": p.n_opt, "n_opt_ci95": fmt_interval(p.n_opt_ci), f"{self.metric}_opt": p.metric_opt,
+                 f"{self.metric}_opt_ci95": fmt_interval(p.metric_opt_ci), "inside_sizes": p.inside if p.ok else None,
                  "note": p.note} for p in self.profiles]
         return pd.DataFrame(rows)
 
@@ -220,7 +221,7 @@ class IsoflopResult:
             if law is None:
                 continue
             rows.append({"group": self.group, "law": label, "exponent": exp_name, "value": value,
-                         "ci95": _fmt_ci(ci), "coef": law.coef, "budgets": len(law.budgets),
+                         "ci95": fmt_interval(ci), "coef": law.coef, "budgets": len(law.budgets),
                          "bootstrap_ok": f"{self.n_boot_ok}/{self.n_boot}"})
         return pd.DataFrame(rows, columns=["group", "law", "exponent", "value", "ci95", "coef", "budgets",
                                            "bootstrap_ok"])
@@ -246,11 +247,6 @@ class IsoflopResult:
                           "unit": "trial, within each budget"},
             "notes": self.notes,
         })
-
-
-def _fmt_ci(ci: tuple[float, float]) -> str:
-    lo, hi = ci
-    return "—" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{lo:.4g}, {hi:.4g}]"
 
 
 def isoflop_fit(trials: pd.DataFrame, metric: str, *, size_axis: str = SIZE_AXIS, lower_is_better: bool = True,

@@ -34,6 +34,12 @@ def fmt_num(value: float, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+def fmt_interval(ci: Sequence[float], digits: int = 4) -> str:
+    """`[lo, hi]` of a confidence interval; `—` unless both ends are finite."""
+    lo, hi = ci
+    return f"[{fmt_num(lo, digits)}, {fmt_num(hi, digits)}]" if math.isfinite(lo) and math.isfinite(hi) else "—"
+
+
 def value_cell(value: Any) -> str:
     """A raw value as a Markdown cell: numbers to 4 significant digits, settings by `fmt_value`."""
     if isinstance(value, (float, np.floating)):
