@@ -280,6 +280,7 @@ class Claims:
     n_used: int
     n_unhealthy_left_out: int
     groups: list[dict[str, Any]] = field(default_factory=list)
+    single_size: list[str] = field(default_factory=list)  # groups left out: one model size, no claim to test
     pairs: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)  # group -> the per-pair table
     prediction: list[str] = field(default_factory=list)
 
@@ -315,6 +316,7 @@ class Claims:
                           "bootstrap": {"resamples": self.n_boot, "seed": self.seed},
                           "paper_r": PAPER_R, "n_used": self.n_used,
                           "unhealthy_left_out": self.n_unhealthy_left_out, "method": self.method(),
+                          "single_size_groups": self.single_size,
                           "groups": [{**g, "pairs": self.pairs[g["group"]].to_dict(orient="records")}
                                      for g in self.groups],
                           "prediction_of_the_largest": self.prediction})
@@ -329,6 +331,9 @@ def scaling_claims(history: pd.DataFrame, usable: pd.DataFrame, metric: str, swi
     claims = Claims(metric=metric, lower_is_better=lower_is_better, n_boot=n_boot, seed=seed, samples_source=source,
                     n_used=len(usable), n_unhealthy_left_out=n_unhealthy_left_out)
     for group, trials in claim_groups(usable, switches):
+        if pd.to_numeric(trials["gflops_g"], errors="coerce").nunique() < 2:
+            claims.single_size.append(group)  # one model size: nothing to compare
+            continue
         mine = evals[evals["run_id"].isin(trials["run_id"])]
         comp = comparisons(mine, lower_is_better)
         seeds = sorted(set(trials["train.seed"].map(fmt_value))) if "train.seed" in trials else ["—"]
@@ -355,6 +360,11 @@ def claims_markdown(claims: Claims, md_table: Any, curves_link: str = "") -> str
     md = ["## Scaling claims\n",
           f"On the {claims.n_used} trials every fit uses{left}. 95 % bootstrap intervals, {claims.n_boot} resamples "
           f"(seed {claims.seed}); how each number was made is listed at the end of the section.\n"]
+    if claims.single_size:
+        md.append(f"No claim for {', '.join(claims.single_size)}: one model size each, and every claim compares "
+                  "sizes.\n")
+    if not claims.groups:
+        return "\n".join(md) + "\n"
     for g in claims.groups:
         md.append(f"### {g['group']} ({_n(g['n_trials'], 'trial')}, {_n(g['n_sizes'], 'size')}, "
                   f"seed{'s' if len(g['seeds']) != 1 else ''} {', '.join(g['seeds'])})\n")

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.ablation import AblationTable, ablation_table, baseline_value, detect_switches
+from analysis.batch_size import BatchResult, batch_section
 from analysis.claims import Claims, claims_markdown, scaling_claims
 from analysis.contract import FLOP_CONVENTION as MAC_CONVENTION
 from analysis.fit import Fit, json_safe
@@ -53,6 +54,7 @@ class Report:
     isoflop: IsoflopSection | None = None  # the compute-optimal design, in an isoFLOP study
     prediction: Prediction | None = None  # the held-out check (`analyze --holdout K`)
     claims: Claims | None = None  # the scaling claims (correlation, larger is better, plateau, prediction)
+    batch: BatchResult | None = None  # steps and samples to a target per batch size, in a batch-size study
 
 
 def _slug(text: str) -> str:
@@ -254,6 +256,11 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
         files += iso.files
         notes += iso.notes()
         sections.append(iso.markdown(out_dir, values_table))
+    batch = batch_section(data.history, usable, metric, tables, plots, lower_is_better=sel.lower_is_better,
+                          n_boot=n_boot, seed=seed)
+    if batch is not None:
+        files += batch.files
+        sections.append(batch.markdown(out_dir))
     if prediction is not None:
         more, prediction_figures = prediction_section(prediction, metric, tables, plots)
         files += more
@@ -280,6 +287,7 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
         "isoflop": iso.to_dict() if iso is not None else None,
         "prediction": prediction.to_dict() if prediction is not None else None,
         "claims": claims.to_dict(),
+        "batch_size": batch.result.to_dict() if batch is not None else None,
         "notes": notes,
     }
     (out_dir / "fits.json").write_text(json.dumps(json_safe(summary), indent=2, default=str))
@@ -287,7 +295,8 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     report_path = out_dir / "report.md"
     report = Report(path=report_path, metric=metric, selection=sel, scaling=scaling, ablations=ablations,
                     frontier=frontier, diversity=diversity, diversity_ablations=diversity_ablations, files=files,
-                    notes=notes, isoflop=iso, prediction=prediction, claims=claims)
+                    notes=notes, isoflop=iso, prediction=prediction, claims=claims,
+                    batch=batch.result if batch is not None else None)
     report_path.write_text(_markdown(data, report, segments, figures, switches, n_boot, seed, out_dir, sections))
     files.append(report_path)
     if log_artifacts:
