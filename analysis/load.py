@@ -145,7 +145,7 @@ def find_study_runs(client: Any, study: str) -> tuple[Any | None, list]:
     return (parents[0] if parents else None), children
 
 
-CURVE_KEYS = ("train_flops", "loss_d", "loss_g", "eval_samples")
+CURVE_KEYS = ("train_flops", "loss_d", "loss_g", "eval_samples", "out_change_g", "out_change_d")
 QUALITY_PATTERN = re.compile(r"^(fd_|fid|kid|fvd|is$|inception|precision|recall)", re.I)
 DIVERSITY_PREFIX = "diversity_"  # diversity_<extractor>: a collapse diagnostic beside the quality metric, not one
 

@@ -31,6 +31,7 @@ from analysis.render import (fmt_num, fmt_value, image_link, latex_table, log_to
 from analysis.scaling import X_AXES, ScalingFits, scaling_fits
 from analysis.select import (Selection, diversity_metric, health_note, lower_is_better, primary_metric,
                              select_trials)
+from analysis.update_size import UpdateSize, update_size_section
 
 FLOP_CONVENTION = f"{MAC_CONVENTION}; gflops_g per image forward, train_flops cumulative"
 TRAINING_PANELS = ("loss_d", "loss_g")  # next to the metric in the training-curve figure
@@ -55,6 +56,7 @@ class Report:
     prediction: Prediction | None = None  # the held-out check (`analyze --holdout K`)
     claims: Claims | None = None  # the scaling claims (correlation, larger is better, plateau, prediction)
     batch: BatchResult | None = None  # steps and samples to a target per batch size, in a batch-size study
+    update_size: UpdateSize | None = None  # relative output change per step vs width (out_change_g/d logged)
 
 
 def _slug(text: str) -> str:
@@ -261,6 +263,10 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     if batch is not None:
         files += batch.files
         sections.append(batch.markdown(out_dir))
+    updates = update_size_section(data.history, usable, switches, tables, plots, out_dir, n_boot=n_boot, seed=seed)
+    if updates is not None:
+        files += updates[1]
+        sections.append(updates[2])
     if prediction is not None:
         more, prediction_figures = prediction_section(prediction, metric, tables, plots)
         files += more
@@ -288,6 +294,7 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
         "prediction": prediction.to_dict() if prediction is not None else None,
         "claims": claims.to_dict(),
         "batch_size": batch.result.to_dict() if batch is not None else None,
+        "update_size": updates[0].to_dict() if updates is not None else None,
         "notes": notes,
     }
     (out_dir / "fits.json").write_text(json.dumps(json_safe(summary), indent=2, default=str))
@@ -296,7 +303,8 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     report = Report(path=report_path, metric=metric, selection=sel, scaling=scaling, ablations=ablations,
                     frontier=frontier, diversity=diversity, diversity_ablations=diversity_ablations, files=files,
                     notes=notes, isoflop=iso, prediction=prediction, claims=claims,
-                    batch=batch.result if batch is not None else None)
+                    batch=batch.result if batch is not None else None,
+                    update_size=updates[0] if updates is not None else None)
     report_path.write_text(_markdown(data, report, segments, figures, switches, n_boot, seed, out_dir, sections))
     files.append(report_path)
     if log_artifacts:

@@ -1,0 +1,65 @@
+"""Update size (relative output change per step) against width, on a study with a known answer.
+
+Trials of the width rule change their output by 1 % per step at every width; trials of a constant learning rate
+by 1 % x width / 32 (slope 1 in log-log).  The study is a real sqlite MLflow store read back by `analysis.load`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.load import load_studies
+from analysis.report import write_report
+from analysis.synthetic import log_study, power_law_trials, synthetic_trial
+from analysis.update_size import update_size
+
+WIDTHS = (32, 64, 128)
+STEPS = 200
+
+
+def lr_trials() -> list:
+    trials = []
+    for width in WIDTHS:
+        for rule in ("width", "constant"):
+            for seed in range(3):
+                t = synthetic_trial(width, 4, 2, 20.0, seed=seed, steps=STEPS, interval=50,
+                                    extra={"train.lr_rule": rule})
+                rng = np.random.default_rng(seed + width)
+                size = 0.01 * (1.0 if rule == "width" else width / 32)
+                # a large warm-up transient that the first 10 % of training must not bring into the median
+                t.metrics["out_change_g"] = {s: (1.0 if s < 15 else size * np.exp(0.05 * rng.standard_normal()))
+                                             for s in range(0, STEPS + 1, 10)}
+                t.metrics["out_change_d"] = {s: 2 * size for s in range(10, STEPS + 1, 10)}
+                trials.append(t)
+    return trials
+
+
+def test_update_size_slopes_recover_the_width_dependence(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_study(uri, "lr", lr_trials())
+    data = load_studies(uri, "lr")
+    result = update_size(data.history, data.trials, ["train.lr_rule"], n_boot=200)
+    slopes = result.slopes.set_index(["group", "key"])
+    flat, steep = slopes.loc[("train.lr_rule=width", "out_change_g")], slopes.loc[("train.lr_rule=constant",
+                                                                                   "out_change_g")]
+    assert flat["slope"] == pytest.approx(0.0, abs=0.05) and flat["hi"] - flat["lo"] < 0.1
+    assert steep["slope"] == pytest.approx(1.0, abs=0.05) and steep["lo"] > 0.8
+    assert slopes.loc[("train.lr_rule=constant", "out_change_d"), "slope"] == pytest.approx(1.0, abs=1e-6)
+    cell = result.per_width.query("group == 'train.lr_rule=width' and width == 128 and key == 'out_change_g'")
+    assert cell["mean"].iloc[0] == pytest.approx(0.01, rel=0.1) and cell["trials"].iloc[0] == 3
+
+    report = write_report(data, tmp_path / "report", n_boot=50, log_artifacts=False)
+    text = report.path.read_text()
+    assert report.update_size is not None and "## Update size vs width" in text and "grows with width" in text
+    assert (tmp_path / "report" / "plots" / "update_size.png").is_file()
+
+
+def test_no_update_size_section_where_patch_size_varies_too(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trials = power_law_trials(3, patches=(2, 4))  # update size would follow patch size as well as width
+    for t in trials:
+        t.metrics["out_change_g"] = {s: 0.01 for s in range(50, 401, 50)}
+    log_study(uri, "sizes", trials)
+    data = load_studies(uri, "sizes")
+    assert update_size(data.history, data.trials, []) is None
