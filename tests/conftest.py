@@ -6,30 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-
-
-def tiny_study(name: str, out: Path, **train: object) -> dict:
-    """A study whose trials take a few seconds: 8x8 shapes, width 32, depth 4."""
-    return {
-        "name": name,
-        "output_dir": str(out),
-        "dataset": {"name": "shapes", "resolution": 8, "size": 512},
-        "model": {"width": 32, "depth": 4, "heads": 2, "patch_size": 2},
-        "train": {"steps": 6, "batch_size": 8, "log_every": 2, "checkpoint_every": 3, **train},
-        "eval": {"interval": 3, "num_samples": 64, "final_samples": 64, "batch_size": 64, "classifier_epochs": 1,
-                 "grid_size": 4},
-        "resources": {"cpus_per_trial": 1, "max_concurrent": 2, "max_failures": 0},
-    }
-
-
-def write_study(path: Path, study: dict) -> Path:
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="module")

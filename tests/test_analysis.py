@@ -198,7 +198,7 @@ def test_histories_from_a_tracking_server_in_batches(tmp_path: Path, monkeypatch
     """Against a real `mlflow server`: one get-history-bulk request per key for a batch of runs; an answer
     that may have been cut short is split, down to the paginated per-run call for a run longer than one answer."""
     import analysis.load as load
-    from tests.test_tracking_server import Server
+    from tests.helpers import Server
 
     server = Server(tmp_path)
     server.start()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from orchestrator.cli import main
-from tests.conftest import tiny_study, write_study
+from tests.helpers import tiny_study, write_study
 
 
 def _study(tmp_path: Path, **extra) -> Path:

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.runner import run_study
 from orchestrator.study import load_study
-from tests.conftest import tiny_study, write_study
+from tests.helpers import tiny_study, write_study
 
 
 @pytest.fixture()

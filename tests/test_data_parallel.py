@@ -16,9 +16,7 @@ from mlflow.tracking import MlflowClient
 from gat_core.config import TrialConfig
 from gat_core.distributed import DataParallel
 from orchestrator.study import StudyError, load_study
-from tests.conftest import tiny_study, write_study
-from tests.test_run_study import kill_and_finish
-from tests.test_security import listening, ray_pids
+from tests.helpers import kill_and_finish, listening, ray_pids, tiny_study, write_study
 
 WORLD = 2
 

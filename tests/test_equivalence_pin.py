@@ -12,7 +12,7 @@ import pytest
 from gat_core.config import TrialConfig
 from gat_core.loop import train
 from orchestrator.eval_cmd import evaluate_checkpoint
-from tests.conftest import tiny_study
+from tests.helpers import tiny_study
 
 TIMING = ("sec_per_step", "macs_per_sec", "trial_seconds")  # wall-clock columns: not reproducible
 

@@ -21,7 +21,7 @@ from orchestrator.study import StudyError, flatten, load_study
 from orchestrator.trial_identity import (NOT_IDENTITY, evaluation_items, identity_items, key_role, legacy_trial_hash,
                                          same_evaluation, same_identity, trial_hash)
 from orchestrator.tracking import EARLIER_ID_TAG, EVAL_TAG, ROLE_TAG
-from tests.conftest import tiny_study, write_study
+from tests.helpers import tiny_study, write_study
 
 ROOT = Path(__file__).resolve().parent.parent
 

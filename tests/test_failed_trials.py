@@ -12,7 +12,7 @@ from PIL import Image
 
 from orchestrator.cli import main
 from orchestrator.tracking import HEALTH_TAG, ROLE_TAG
-from tests.conftest import tiny_study, write_study
+from tests.helpers import tiny_study, write_study
 
 
 def _photo_folder(root: Path) -> None:

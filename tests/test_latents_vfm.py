@@ -91,7 +91,7 @@ def test_folder_encode_streams_skips_unreadable_files_and_resumes(tiny_vae, tmp_
 
     from gat_core.data.folder import load_folder
     from gat_core.latents import folder_source
-    from tests.test_data import make_folder
+    from tests.helpers import make_folder
 
     root = make_folder(tmp_path / "images")  # 11 files, 2 of them unreadable (one in the first 8)
     source = folder_source(root, 8)

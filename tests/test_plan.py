@@ -13,7 +13,7 @@ import pytest
 from orchestrator.accelerators import ACCELERATORS, MEASURED_MFU, lookup
 from orchestrator.cli import main
 from orchestrator.study import load_study
-from tests.conftest import tiny_study, write_study
+from tests.helpers import tiny_study, write_study
 
 ROOT = Path(__file__).resolve().parent.parent
 

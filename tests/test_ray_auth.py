@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,18 +22,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator.study import load_study
-from tests.conftest import tiny_study, write_study
-from tests.test_run_study import ROOT, _cli
-from tests.test_security import listening
+from tests.helpers import ROOT, cli, free_port, listening, tiny_study, write_study
 
 pytestmark = pytest.mark.slow
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pids_under(folder: str) -> set[int]:
@@ -88,7 +79,7 @@ def run_cli(tmp_path: Path, address: str, env: dict[str, str], name: str) -> tup
     spec = tiny_study(name, tmp_path / name)
     spec["grid"] = {"train.seed": [0]}
     path = write_study(tmp_path / f"{name}.yaml", spec)
-    result = subprocess.run(_cli("run", str(path), "--address", address), cwd=tmp_path, env=env,
+    result = subprocess.run(cli("run", str(path), "--address", address), cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=600)
     return result, path
 

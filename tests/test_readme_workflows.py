@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.tracking import ROLE_TAG
-from tests.conftest import tiny_study, write_study
+from tests.helpers import tiny_study, write_study
 
 
 def test_readme_latent_workflow_with_relative_paths(tmp_path, monkeypatch, tiny_vae, tiny_dinov2, ray_session):

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.cli import main
 from orchestrator.results_cmd import rewrite_report
 from orchestrator.tracking import ROLE_TAG, STUDY_TAG
-from tests.conftest import tiny_study, write_study
+from tests.helpers import tiny_study, write_study
 
 
 def parent_tags(uri: str, name: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from gat_core.config import TrialConfig
 from gat_core.loop import train
 from orchestrator.tracking import Reporter
 from orchestrator.tracking import TrialLogger
-from tests.conftest import tiny_study
+from tests.helpers import tiny_study
 
 
 def test_metrics_reach_mlflow_before_the_checkpoint_of_their_step_is_written(tmp_path, monkeypatch):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,19 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.runner import run_study
 from orchestrator.study import load_study
-from orchestrator.tracking import ROLE_TAG, StudyTracker
-from tests.conftest import tiny_study, write_study
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def children(client: MlflowClient, experiment: str) -> list:
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'trial'")
-
-
-def steps_of(client: MlflowClient, run_id: str, key: str) -> list[int]:
-    return [m.step for m in client.get_metric_history(run_id, key)]
+from orchestrator.tracking import StudyTracker
+from tests.helpers import children, cli, kill_and_finish, start_one_trial_study, steps_of, tiny_study, write_study
 
 
 @pytest.fixture(scope="module")
@@ -97,29 +84,6 @@ def test_rerun_of_a_finished_study_trains_nothing(finished):
     assert [p.stat().st_mtime_ns for p in sorted((study.config.out / "trials").glob("*/checkpoints/*.pt"))] == stamps
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator.cli", *args]
-
-
-def start_one_trial_study(tmp_path: Path, name: str, max_failures: int = 0, workers: int = 1):
-    """`gat-study run` of a one-trial, 40-step study in a subprocess, returned once it checkpointed step >= 8."""
-    spec = tiny_study(name, tmp_path / "out", steps=40, checkpoint_every=4, log_every=2)
-    spec["eval"]["interval"] = 20
-    spec["resources"].update(max_failures=max_failures, workers=workers)
-    spec["grid"] = {"train.seed": [0]}
-    path = write_study(tmp_path / "study.yaml", spec)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(_cli("run", str(path)), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    trial_dir = tmp_path / "out" / "trials"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if any(int(p.stem.split("-")[1]) >= 8 for p in trial_dir.glob("*/checkpoints/ckpt-*.pt")):
-            return path, proc, trial_dir, env
-        time.sleep(0.3)
-    raise AssertionError("the trial never reached its second checkpoint: " + proc.stdout.read().decode()[-3000:])
-
-
 def test_interrupted_study_resumes_in_the_same_runs(tmp_path):
     """SIGINT mid-trial, then the same command again: one child run per trial, continuous steps."""
     path, proc, trial_dir, env = start_one_trial_study(tmp_path, "resume")
@@ -136,7 +100,7 @@ def test_interrupted_study_resumes_in_the_same_runs(tmp_path):
     interrupted_at = max(steps_of(client, run.info.run_id, "loss_d"))
     assert 8 <= interrupted_at < 40
 
-    result = subprocess.run(_cli("run", str(path)), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cli("run", str(path)), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     (run,) = children(client, "resume")
     assert run.data.tags["status"] == "completed"
@@ -145,7 +109,7 @@ def test_interrupted_study_resumes_in_the_same_runs(tmp_path):
     resumed = [m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")]
     assert len(resumed) == 1 and 4 <= resumed[0] <= interrupted_at
 
-    status = subprocess.run(_cli("status", str(path)), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    status = subprocess.run(cli("status", str(path)), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "1 completed" in status.stdout
 
 
@@ -167,25 +131,6 @@ def test_gan_and_dit_trials_in_one_study(tmp_path, ray_session):
     assert float(gat.data.params["sample_gflops"]) == pytest.approx(float(gat.data.params["gflops_g"]))
     assert float(dit.data.params["gflops_d"]) == 0 and float(gat.data.params["gflops_d"]) > 0
     assert "loss_diffusion" in dit.data.metrics and "loss_d" in gat.data.metrics
-
-
-def kill_and_finish(tmp_path: Path, name: str, pid_file: str, workers: int = 1):
-    """Start a one-trial study, SIGKILL the process whose pid is in `pid_file` once the trial has checkpointed,
-    and check that the study still completes: a new process finished the trial, in its one MLflow run, with a
-    continuous step axis and one resume from a checkpoint.  Returns that run."""
-    path, proc, trial_dir, _ = start_one_trial_study(tmp_path, name, max_failures=2, workers=workers)
-    killed = int(next(trial_dir.glob(f"*/{pid_file}")).read_text())
-    os.kill(killed, signal.SIGKILL)
-    out, _ = proc.communicate(timeout=400)
-    assert proc.returncode == 0, out.decode()[-3000:]
-    assert int(next(trial_dir.glob(f"*/{pid_file}")).read_text()) != killed  # a new process finished it
-    client = MlflowClient(load_study(path).config.tracking_uri)
-    (run,) = children(client, name)
-    assert run.data.tags["status"] == "completed"
-    assert steps_of(client, run.info.run_id, "loss_d") == list(range(2, 41, 2))
-    (resumed,) = [m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")]
-    assert resumed >= 4
-    return run
 
 
 def test_killed_trial_worker_resumes_from_its_checkpoint(tmp_path):

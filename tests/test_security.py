@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 
 import pytest
+
+from tests.helpers import listening, ray_pids
 
 
 @pytest.fixture(scope="module")
@@ -16,24 +17,6 @@ def local_ray():
     init_ray(None, dashboard=False, num_cpus=1)
     yield ray
     ray.shutdown()
-
-
-def listening(pids: set[int]) -> list[tuple[str, str]]:
-    """(local address, process) of every listening TCP socket of the given processes, from `ss -ltnp`."""
-    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
-    rows = []
-    for line in out.splitlines():
-        parts = line.split()
-        owners = " ".join(parts[5:])
-        if any(f"pid={pid}," in owners for pid in pids):
-            rows.append((parts[3], owners))
-    return rows
-
-
-def ray_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "gcs_server|raylet|dashboard|ray::|default_worker|log_monitor"],
-                         capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
 
 
 def test_embedded_ray_is_a_loopback_node_without_dashboard(local_ray):

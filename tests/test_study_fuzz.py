@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from gat_core.config import TrialConfig
 from orchestrator.cli import main
 from orchestrator.study import TRIAL_SECTIONS, Study, StudyConfig, StudyError, flatten, load_study, read_yaml
-from tests.conftest import tiny_study
+from tests.helpers import tiny_study
 
 EXAMPLES = int(os.environ.get("GAT_FUZZ_EXAMPLES", "120"))
 DERANDOMIZE = not os.environ.get("GAT_FUZZ_RANDOM")  # reproducible unless asked for fresh examples

@@ -4,12 +4,7 @@ and a server that stops mid-run loses no metric (TrialLogger buffers and retries
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,43 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.cli import main
 from orchestrator.tracking import StudyTracker, TrackingUnavailable, TrialLogger
-from tests.conftest import tiny_study, write_study
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`mlflow server` bound to 127.0.0.1, startable and stoppable."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port, self.proc = root, free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", str(self.root / "artifacts")]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 240  # a loaded 2-core machine once needed more than 90 s
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if requests.get(self.uri + "/health", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                time.sleep(0.5)
-        self.stop()  # never leave a half-started server (and its job runners) behind
-        raise RuntimeError(f"mlflow server on port {self.port} did not start")
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, 15)
-        except ProcessLookupError:  # already gone
-            pass
-        self.proc.wait(timeout=30)
+from tests.helpers import Server, free_port, tiny_study, write_study
 
 
 @pytest.fixture()
