@@ -26,6 +26,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from scipy.stats import spearmanr
 
 from analysis.claims import evaluations
@@ -203,6 +204,7 @@ def plot_batch(result: BatchResult, stem: Path) -> list[Path]:
                            label=f"B* = {fmt_value(result.critical)}")
             ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel=label)
             ax.set_xticks(pb["batch"].to_list(), [fmt_value(b) for b in pb["batch"]])
+            ax.xaxis.set_minor_formatter(NullFormatter())  # only the tried values are labelled
             ax.legend(fontsize=5.5)
         fig.suptitle(f"target: {result.reaches}", fontsize=7)
         return save(fig, stem)

@@ -24,6 +24,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from analysis.claims import WARMUP_FRACTION, total_steps
 from analysis.fit import bootstrap_indices, json_safe, percentile_interval
@@ -64,9 +65,11 @@ def update_size(history: pd.DataFrame, usable: pd.DataFrame, switches: list[str]
     if any(k in usable and usable[k].map(fmt_value).nunique() > 1 for k in FIXED_KEYS):
         return None
     rows = history[history["key"].isin(KEYS) & history["run_id"].isin(usable["run_id"])]
+    if rows.empty:
+        return None
     info = usable.set_index("run_id")
     total = total_steps(usable).set_axis(usable["run_id"])
-    rows = rows[rows["step"] > WARMUP_FRACTION * rows["run_id"].map(total)]
+    rows = rows[rows["step"].to_numpy(float) > WARMUP_FRACTION * rows["run_id"].map(total).to_numpy(float)]
     rows = rows[np.isfinite(rows["value"].astype(float)) & (rows["value"] > 0)]
     if rows.empty:
         return None
@@ -125,6 +128,7 @@ def plot_update_size(result: UpdateSize, stem: Path) -> list[Path]:
             ax.set(xscale="log", yscale="log", xlabel="width", ylabel=f"{key} per step")
             widths = sorted(result.per_trial["width"].unique())
             ax.set_xticks(widths, [fmt_value(w) for w in widths])
+            ax.xaxis.set_minor_formatter(NullFormatter())  # only the tried values are labelled
             ax.legend(fontsize=5.5)
         return save(fig, stem)
 
