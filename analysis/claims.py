@@ -331,7 +331,7 @@ def scaling_claims(history: pd.DataFrame, usable: pd.DataFrame, metric: str, swi
     claims = Claims(metric=metric, lower_is_better=lower_is_better, n_boot=n_boot, seed=seed, samples_source=source,
                     n_used=len(usable), n_unhealthy_left_out=n_unhealthy_left_out)
     for group, trials in claim_groups(usable, switches):
-        if pd.to_numeric(trials["gflops_g"], errors="coerce").nunique() < 2:
+        if pd.to_numeric(trials["gflops_g"], errors="coerce").nunique() == 1:
             claims.single_size.append(group)  # one model size: nothing to compare
             continue
         mine = evals[evals["run_id"].isin(trials["run_id"])]
@@ -357,14 +357,15 @@ def claims_markdown(claims: Claims, md_table: Any, curves_link: str = "") -> str
     better = "lower" if claims.lower_is_better else "higher"
     left = (f"; {claims.n_unhealthy_left_out} unhealthy trial{'s' if claims.n_unhealthy_left_out != 1 else ''} left "
             "out (named under Notes)" if claims.n_unhealthy_left_out else "; no trial left out as unhealthy")
+    single = (f"No claim for {', '.join(claims.single_size)}: one model size each, and every claim compares "
+              "sizes.\n") if claims.single_size else ""
+    if not claims.groups:
+        return "\n".join(["## Scaling claims\n", single or "No group of trials to test a claim on.\n"]) + "\n"
     md = ["## Scaling claims\n",
           f"On the {claims.n_used} trials every fit uses{left}. 95 % bootstrap intervals, {claims.n_boot} resamples "
           f"(seed {claims.seed}); how each number was made is listed at the end of the section.\n"]
-    if claims.single_size:
-        md.append(f"No claim for {', '.join(claims.single_size)}: one model size each, and every claim compares "
-                  "sizes.\n")
-    if not claims.groups:
-        return "\n".join(md) + "\n"
+    if single:
+        md.append(single)
     for g in claims.groups:
         md.append(f"### {g['group']} ({_n(g['n_trials'], 'trial')}, {_n(g['n_sizes'], 'size')}, "
                   f"seed{'s' if len(g['seeds']) != 1 else ''} {', '.join(g['seeds'])})\n")

@@ -7,8 +7,8 @@ under a constant learning rate it should grow with width (issue 16, lr-ablation)
 
 * Per trial: the median of each key over its logged steps after the first 10 % of training (the warm-up of
   Adam's moments and of the EMA moves it most).
-* Per group (the values of `train.lr_rule`, or the switches of the study) and width: the mean over trials
-  (seeds), with a 95 % bootstrap interval resampling them.
+* Per group (the values of the study's switches other than width, e.g. `train.lr_rule`) and width: the
+  geometric mean over trials (seeds), with a 95 % bootstrap interval resampling them.
 * Per group: the slope of log update size on log width (0: the same update size at every width), with a 95 %
   bootstrap interval resampling the trials of each width.
 """
@@ -16,7 +16,7 @@ under a constant learning rate it should grow with width (issue 16, lr-ablation)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ from analysis.render import fmt_interval, fmt_num, fmt_value, image_link, markdo
 
 KEYS = ("out_change_g", "out_change_d")
 WIDTH_KEY = "model.width"
-RULE_KEY = "train.lr_rule"
 FIXED_KEYS = ("model.depth", "model.patch_size", "model.family")
 
 
@@ -48,12 +47,13 @@ class UpdateSize:
     """Per trial and per (group, width) update sizes, and per group the slope against width."""
 
     per_trial: pd.DataFrame   # run_id, group, width, seed, out_change_g, out_change_d
-    per_width: pd.DataFrame   # group, width, key, trials, mean, lo, hi
-    slopes: pd.DataFrame      # group, key, slope, lo, hi
+    per_width: pd.DataFrame   # group, width, key, trials, geomean, lo, hi
+    slopes: pd.DataFrame      # group, key, widths, slope, lo, hi
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({"per_width": self.per_width.to_dict(orient="records"),
-                          "slopes": self.slopes.to_dict(orient="records")})
+                          "slopes": self.slopes.to_dict(orient="records"), "notes": self.notes})
 
 
 def update_size(history: pd.DataFrame, usable: pd.DataFrame, switches: list[str], *, n_boot: int = 1000,
@@ -70,11 +70,12 @@ def update_size(history: pd.DataFrame, usable: pd.DataFrame, switches: list[str]
     info = usable.set_index("run_id")
     total = total_steps(usable).set_axis(usable["run_id"])
     rows = rows[rows["step"].to_numpy(float) > WARMUP_FRACTION * rows["run_id"].map(total).to_numpy(float)]
-    rows = rows[np.isfinite(rows["value"].astype(float)) & (rows["value"] > 0)]
+    rows = rows[np.isfinite(rows["value"].astype(float))]
     if rows.empty:
         return None
-    by = [RULE_KEY] if RULE_KEY in switches else [s for s in switches if s not in (WIDTH_KEY, "train.seed")]
+    by = [s for s in switches if s not in (WIDTH_KEY, "train.seed")]
     per = rows.pivot_table(index="run_id", columns="key", values="value", aggfunc="median")
+    per = per.where(per > 0)  # a trial whose median update is 0 has no log; left out (see the notes)
     per["width"] = pd.to_numeric(info.loc[per.index, WIDTH_KEY], errors="coerce")
     per["group"] = (info.loc[per.index, by].apply(lambda r: ", ".join(f"{k}={fmt_value(v)}" for k, v in r.items()),
                                                   axis=1) if by else "all")
@@ -82,30 +83,32 @@ def update_size(history: pd.DataFrame, usable: pd.DataFrame, switches: list[str]
     per = per.reset_index()
     if per["width"].nunique() < 2:
         return None
+    notes = [f"{int(per[k].isna().sum())} trials have no positive median {k}: left out"
+             for k in KEYS if k in per and per[k].isna().any()]
     rng = np.random.default_rng(seed)
     widths_rows, slope_rows = [], []
     for group, g in per.groupby("group", sort=True):
         for key in [k for k in KEYS if k in g]:
             data = g.dropna(subset=[key])
             widths = sorted(data["width"].unique())
-            cells = {w: data.loc[data["width"] == w, key].to_numpy(float) for w in widths}
-            for w, v in cells.items():
-                boot = v[bootstrap_indices(len(v), n_boot, rng)].mean(axis=1) if n_boot else np.empty(0)
-                lo, hi = percentile_interval(boot)
-                widths_rows.append({"group": group, "width": w, "key": key, "trials": len(v), "mean": float(v.mean()),
-                                    "lo": lo, "hi": hi})
+            cells = {w: np.log(data.loc[data["width"] == w, key].to_numpy(float)) for w in widths}
+            resampled = n_boot > 0 and all(len(v) >= 2 for v in cells.values())
+            for w, v in cells.items():  # geometric means: the slope below is fitted on the same logs
+                boot = v[bootstrap_indices(len(v), n_boot, rng)].mean(axis=1) if resampled else np.empty(0)
+                lo, hi = percentile_interval(np.exp(boot))
+                widths_rows.append({"group": group, "width": w, "key": key, "trials": len(v),
+                                    "geomean": float(np.exp(v.mean())), "lo": lo, "hi": hi})
             lw = np.concatenate([np.full(len(v), math.log(w)) for w, v in cells.items()])
-            ly = np.log(np.concatenate(list(cells.values())))
             boots = []
-            for _ in range(n_boot):  # resample each width's trials, keep every width
-                picks = [rng.integers(0, len(v), len(v)) for v in cells.values()]
-                bw = np.concatenate([np.full(len(p), math.log(w)) for w, p in zip(cells, picks)])
-                by_ = np.log(np.concatenate([v[p] for v, p in zip(cells.values(), picks)]))
-                boots.append(_slope(bw, by_))
+            for _ in range(n_boot if resampled else 0):  # resample each width's trials, keep every width
+                picks = [v[rng.integers(0, len(v), len(v))] for v in cells.values()]
+                boots.append(_slope(lw, np.concatenate(picks)))
             lo, hi = percentile_interval(np.array(boots))
-            slope_rows.append({"group": group, "key": key, "widths": len(widths), "slope": _slope(lw, ly),
-                               "lo": lo, "hi": hi})
-    return UpdateSize(per_trial=per, per_width=pd.DataFrame(widths_rows), slopes=pd.DataFrame(slope_rows))
+            slope_rows.append({"group": group, "key": key, "widths": len(widths),
+                               "slope": _slope(lw, np.concatenate(list(cells.values()))), "lo": lo, "hi": hi})
+            if not resampled:
+                notes.append(f"{group}, {key}: a width with a single trial, so no interval (run more seeds)")
+    return UpdateSize(per_trial=per, per_width=pd.DataFrame(widths_rows), slopes=pd.DataFrame(slope_rows), notes=notes)
 
 
 def plot_update_size(result: UpdateSize, stem: Path) -> list[Path]:
@@ -120,10 +123,10 @@ def plot_update_size(result: UpdateSize, stem: Path) -> list[Path]:
             for i, (group, cells) in enumerate(result.per_width[result.per_width["key"] == key].groupby("group")):
                 pts = result.per_trial[result.per_trial["group"] == group]
                 ax.scatter(pts["width"], pts[key], s=8, color=colors(i), alpha=0.5)
-                err = np.abs(np.stack([cells["mean"] - cells["lo"], cells["hi"] - cells["mean"]]).astype(float))
+                err = np.abs(np.stack([cells["geomean"] - cells["lo"], cells["hi"] - cells["geomean"]]).astype(float))
                 slope = result.slopes[(result.slopes["group"] == group) & (result.slopes["key"] == key)]
                 label = f"{group}: slope {fmt_num(float(slope['slope'].iloc[0]), 2)}" if len(slope) else group
-                ax.errorbar(cells["width"], cells["mean"], yerr=np.nan_to_num(err), fmt="o-", color=colors(i), ms=4,
+                ax.errorbar(cells["width"], cells["geomean"], yerr=np.nan_to_num(err), fmt="o-", color=colors(i), ms=4,
                             capsize=2, label=label)
             ax.set(xscale="log", yscale="log", xlabel="width", ylabel=f"{key} per step")
             widths = sorted(result.per_trial["width"].unique())
@@ -135,7 +138,7 @@ def plot_update_size(result: UpdateSize, stem: Path) -> list[Path]:
 
 def update_size_markdown(result: UpdateSize, figure: list[Path], out_dir: Path) -> str:
     width_rows = [{"group": r.group, "width": fmt_value(r.width), "quantity": r.key, "trials": str(r.trials),
-                   "mean": fmt_num(r.mean, 3), "95 % CI": fmt_interval((r.lo, r.hi), 3)}
+                   "geometric mean": fmt_num(r.geomean, 3), "95 % CI": fmt_interval((r.lo, r.hi), 3)}
                   for r in result.per_width.itertuples()]
     slope_rows = [{"group": r.group, "quantity": r.key, "widths": str(r.widths), "slope vs log width":
                    fmt_num(r.slope, 3), "95 % CI": fmt_interval((r.lo, r.hi), 3),
@@ -148,9 +151,10 @@ def update_size_markdown(result: UpdateSize, figure: list[Path], out_dir: Path) 
         "The relative change of G's output (`out_change_g`) and of D's logits (`out_change_d`) on fixed inputs across "
         "one optimiser step: what the width-aware rule lr = lr_base · base_width / width is meant to keep the same "
         f"at every width. Per trial the median over logged steps after the first {WARMUP_FRACTION:.0%} of training; "
-        "per width the mean over trials with a 95 % bootstrap interval over them; the slope is that of log update "
-        "size on log width (trials of each width resampled).\n",
+        "per width the geometric mean over trials with a 95 % bootstrap interval over them; the slope is that of "
+        "log update size on log width (trials of each width resampled; no interval where a width has one trial).\n",
         markdown_table(pd.DataFrame(slope_rows)), markdown_table(pd.DataFrame(width_rows)),
+        *[f"- {n}" for n in result.notes], "",
         image_link(figure, out_dir, "update size vs width"),
         "Tables: [tables/update_size.csv](tables/update_size.csv) · "
         "[tables/update_size_slopes.csv](tables/update_size_slopes.csv)\n"]) + "\n"

@@ -27,9 +27,11 @@ def lr_trials() -> list:
                                     extra={"train.lr_rule": rule})
                 rng = np.random.default_rng(seed + width)
                 size = 0.01 * (1.0 if rule == "width" else width / 32)
-                # a large warm-up transient that the first 10 % of training must not bring into the median
-                t.metrics["out_change_g"] = {s: (1.0 if s < 15 else size * np.exp(0.05 * rng.standard_normal()))
-                                             for s in range(0, STEPS + 1, 10)}
+                # a large warm-up transient, logged densely: most of the points, all inside the first 10 % of
+                # training, which the per-trial median must leave out
+                warm = {s: 1.0 for s in range(0, STEPS // 10)}
+                t.metrics["out_change_g"] = {**warm, **{s: size * np.exp(0.05 * rng.standard_normal())
+                                                        for s in range(STEPS // 10 + 10, STEPS + 1, 10)}}
                 t.metrics["out_change_d"] = {s: 2 * size for s in range(10, STEPS + 1, 10)}
                 trials.append(t)
     return trials
@@ -47,7 +49,7 @@ def test_update_size_slopes_recover_the_width_dependence(tmp_path) -> None:
     assert steep["slope"] == pytest.approx(1.0, abs=0.05) and steep["lo"] > 0.8
     assert slopes.loc[("train.lr_rule=constant", "out_change_d"), "slope"] == pytest.approx(1.0, abs=1e-6)
     cell = result.per_width.query("group == 'train.lr_rule=width' and width == 128 and key == 'out_change_g'")
-    assert cell["mean"].iloc[0] == pytest.approx(0.01, rel=0.1) and cell["trials"].iloc[0] == 3
+    assert cell["geomean"].iloc[0] == pytest.approx(0.01, rel=0.1) and cell["trials"].iloc[0] == 3
 
     report = write_report(data, tmp_path / "report", n_boot=50, log_artifacts=False)
     text = report.path.read_text()
@@ -63,3 +65,12 @@ def test_no_update_size_section_where_patch_size_varies_too(tmp_path) -> None:
     log_study(uri, "sizes", trials)
     data = load_studies(uri, "sizes")
     assert update_size(data.history, data.trials, []) is None
+
+
+def test_a_single_seed_gives_slopes_without_intervals(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_study(uri, "lr1", [t for t in lr_trials() if t.config["train.seed"] == 0])
+    data = load_studies(uri, "lr1")
+    result = update_size(data.history, data.trials, ["train.lr_rule"], n_boot=100)
+    assert result.slopes["slope"].notna().all() and result.slopes["lo"].isna().all()
+    assert result.per_width["lo"].isna().all() and any("single trial" in n for n in result.notes)
