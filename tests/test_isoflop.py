@@ -149,11 +149,12 @@ def test_the_readme_isoflop_example_loads(tmp_path: Path) -> None:
     assert {t.config.train.flops_budget for t in study.trials} == {5e11, 1.2e12, 3e12}
 
 
-def test_the_shipped_isoflop_study_is_3_budgets_by_5_sizes() -> None:
+def test_the_shipped_isoflop_study_is_3_budgets_by_5_sizes_by_3_seeds() -> None:
     study = load_study(Path(__file__).resolve().parent.parent / "studies" / "isoflop.yaml")
-    assert len(study.trials) == 15 and is_isoflop(pd.DataFrame(
+    assert len(study.trials) == 45 and is_isoflop(pd.DataFrame(
         [{BUDGET_KEY: t.config.train.flops_budget, "params_g": plan_trial(t).params_g} for t in study.trials]))
-    assert sum(plan_trial(t).train_flops for t in study.trials) < 2.5e13  # sized for a 2-core CPU
+    assert {t.config.train.seed for t in study.trials} == {0, 1, 2}
+    assert sum(plan_trial(t).train_flops for t in study.trials) < 7.5e13  # sized for a 2-core CPU (about an hour)
 
 
 def test_plan_of_an_isoflop_study(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
