@@ -33,7 +33,7 @@ from scipy.stats import spearmanr
 
 from analysis.claims import evaluations
 from analysis.fit import bootstrap_indices, json_safe
-from analysis.render import fmt_interval, fmt_num, fmt_value, image_link, markdown_table
+from analysis.render import fmt_interval, fmt_num, fmt_value, image_link, markdown_table, write_csvs
 
 BATCH_KEY = "train.batch_size"
 MIN_BATCH_SIZES = 3
@@ -292,8 +292,6 @@ def batch_section(history: pd.DataFrame, usable: pd.DataFrame, metric: str, tabl
     result = batch_analysis(history, usable, metric, lower_is_better=lower_is_better, n_boot=n_boot, seed=seed)
     if result is None:
         return None
-    files = [tables / "batch_size.csv", tables / "batch_size_trials.csv"]
-    result.per_batch.to_csv(files[0], index=False)
-    result.per_trial.to_csv(files[1], index=False)
+    files = write_csvs(tables, {"batch_size": result.per_batch, "batch_size_trials": result.per_trial})
     figure = plot_batch(result, plots / "batch_size")
     return BatchSection(result=result, files=files + figure, figure=figure)

@@ -157,6 +157,15 @@ def latex_table(frame: pd.DataFrame, caption: str, label: str, align: str | None
 
 
 # --- files and MLflow --------------------------------------------------------------------------
+def write_csvs(folder: Path, frames: dict[str, pd.DataFrame]) -> list[Path]:
+    """Each frame as `folder/<name>.csv` (no index); the paths written."""
+    paths = []
+    for name, frame in frames.items():
+        paths.append(folder / f"{name}.csv")
+        frame.to_csv(paths[-1], index=False)
+    return paths
+
+
 def write_table_files(stem: Path, markdown: str, latex: str, csv: Callable[[Path], Any]) -> list[Path]:
     """A table as stem.md, stem.tex and stem.csv (`csv` writes the raw numbers to the path it is given)."""
     stem.with_suffix(".md").write_text(markdown)

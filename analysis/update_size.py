@@ -28,7 +28,7 @@ from matplotlib.ticker import NullFormatter
 
 from analysis.claims import WARMUP_FRACTION, total_steps
 from analysis.fit import bootstrap_indices, json_safe, percentile_interval
-from analysis.render import fmt_interval, fmt_num, fmt_value, image_link, markdown_table
+from analysis.render import fmt_interval, fmt_num, fmt_value, image_link, markdown_table, write_csvs
 
 KEYS = ("out_change_g", "out_change_d")
 WIDTH_KEY = "model.width"
@@ -166,8 +166,6 @@ def update_size_section(history: pd.DataFrame, usable: pd.DataFrame, switches: l
     result = update_size(history, usable, switches, n_boot=n_boot, seed=seed)
     if result is None:
         return None
-    files = [tables / "update_size.csv", tables / "update_size_slopes.csv"]
-    result.per_width.to_csv(files[0], index=False)
-    result.slopes.to_csv(files[1], index=False)
+    files = write_csvs(tables, {"update_size": result.per_width, "update_size_slopes": result.slopes})
     figure = plot_update_size(result, plots / "update_size")
     return result, files + figure, update_size_markdown(result, figure, out_dir)
