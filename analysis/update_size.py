@@ -62,10 +62,11 @@ def update_size(history: pd.DataFrame, usable: pd.DataFrame, switches: list[str]
     and patch size (where depth or patch varies too, width is not the only thing an update size would follow)."""
     if WIDTH_KEY not in usable or history.empty:
         return None
-    if any(k in usable and usable[k].map(fmt_value).nunique() > 1 for k in FIXED_KEYS):
-        return None
     rows = history[history["key"].isin(KEYS) & history["run_id"].isin(usable["run_id"])]
     if rows.empty:
+        return None
+    usable = usable[usable["run_id"].isin(rows["run_id"])]  # the trials that log it (GAN trials; DiT ones do not)
+    if any(k in usable and usable[k].map(fmt_value).nunique() > 1 for k in FIXED_KEYS):
         return None
     info = usable.set_index("run_id")
     total = total_steps(usable).set_axis(usable["run_id"])

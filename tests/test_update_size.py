@@ -11,7 +11,7 @@ import pytest
 
 from analysis.load import load_studies
 from analysis.report import write_report
-from analysis.synthetic import log_study, power_law_trials, synthetic_trial
+from analysis.synthetic import family_trial, log_study, power_law_trials, synthetic_trial
 from analysis.update_size import update_size
 
 WIDTHS = (32, 64, 128)
@@ -74,3 +74,19 @@ def test_a_single_seed_gives_slopes_without_intervals(tmp_path) -> None:
     result = update_size(data.history, data.trials, ["train.lr_rule"], n_boot=100)
     assert result.slopes["slope"].notna().all() and result.slopes["lo"].isna().all()
     assert result.per_width["lo"].isna().all() and any("single trial" in n for n in result.notes)
+
+
+def test_a_two_family_study_measures_the_trials_that_log_it(tmp_path) -> None:
+    """DiT trials log no update size: the GAT trials of a GAT-vs-DiT study still get their slope."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trials = []
+    for width in WIDTHS:
+        for seed in range(2):
+            gat = family_trial("gat", width, 4, 2, 20.0, seed=seed)
+            gat.metrics["out_change_g"] = {s: 0.01 * width / 32 for s in range(50, 401, 10)}
+            trials += [gat, family_trial("dit", width, 4, 2, 30.0, seed=seed)]
+    log_study(uri, "both", trials)
+    data = load_studies(uri, "both")
+    result = update_size(data.history, data.trials, ["model.family"], n_boot=50)
+    (row,) = result.slopes.itertuples()
+    assert row.group == "model.family=gat" and row.slope == pytest.approx(1.0)
