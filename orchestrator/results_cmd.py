@@ -62,6 +62,9 @@ def _copy_png(source: Path, dest: Path) -> Path:
         if small.mode not in ("RGB", "RGBA", "L", "P"):
             small = small.convert("RGBA")
         small.save(dest, optimize=True)
+    if dest.stat().st_size > MAX_PNG_BYTES:  # photo-like content (sample grids): 256 adaptive colours
+        with Image.open(dest) as image:
+            image.convert("RGB").quantize(256).save(dest, optimize=True)
     return dest
 
 

@@ -152,3 +152,19 @@ def test_rewrite_report_keeps_pngs_and_drops_other_files(tmp_path):
     assert figures == [dest / "wide.png"]
     with Image.open(figures[0]) as image:
         assert image.width == 1100
+
+
+def test_a_heavy_figure_is_quantised_for_the_page(tmp_path):
+    """A sample grid of noise-like pixels stays heavy after the resize: it goes to 256 adaptive colours."""
+    import numpy as np
+    from PIL import Image
+
+    from orchestrator.results_cmd import MAX_PNG_BYTES, _copy_png
+
+    pixels = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").stat().st_size > MAX_PNG_BYTES
+    out = _copy_png(tmp_path / "grid.png", tmp_path / "page" / "grid.png")
+    with Image.open(out) as image:
+        assert image.mode == "P" and image.size == (800, 600)
+    assert out.stat().st_size < (tmp_path / "grid.png").stat().st_size / 2
