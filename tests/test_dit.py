@@ -172,9 +172,13 @@ def test_samplers_follow_the_training_conventions(objective, sampler):
     """With the exact denoiser of a one-point data set every sampler lands on that point, at any NFE."""
     c = torch.rand(3, 8, 8) * 2 - 1
     oracle = PointOracle(objective, c)
-    for nfe in (1, 2, 4, 8):
+    for nfe in (1, 2, 4, 8, 16, 32):  # up to the NFE the shipped studies evaluate at
         x = sample(oracle, torch.arange(4) % 4, nfe, objective, sampler, generator=torch.Generator().manual_seed(nfe))
         assert torch.allclose(x, c.expand_as(x), atol=1e-3), (objective, sampler, nfe, (x - c).abs().max())
+        if objective == "ddpm":  # as pixel-space trials sample: the predicted clean image clipped to [-1, 1]
+            x = sample(oracle, torch.arange(4) % 4, nfe, objective, sampler, generator=torch.Generator().manual_seed(nfe),
+                       clip_sample=True)
+            assert torch.allclose(x, c.expand_as(x), atol=1e-3), (objective, sampler, nfe, "clipped")
 
 
 @pytest.mark.parametrize("objective,sampler", [("ddpm", "ddim"), ("ddpm", "ddpm"), ("ddpm", "euler"), ("flow", "euler")])
