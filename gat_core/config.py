@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from gat_core.models.registry import PRESETS, parse_preset, preset_family
 
@@ -42,6 +42,7 @@ class DataConfig(StrictModel):
     seed: int = Field(0, description="Seed of procedural data (shapes, photo crops).")
     latents: Path | None = Field(
         None, description="Folder written by `gat-study encode`: train in that VAE latent space instead of pixels.")
+    _meta: tuple[str, dict] | None = PrivateAttr(None)  # (meta.json path, its content): read once, not per access
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":
@@ -58,15 +59,22 @@ class DataConfig(StrictModel):
         """Channels of the source images."""
         return DATASET_CHANNELS[self.name]
 
+    def __eq__(self, other: object) -> bool:  # the fields only: the meta.json read cache is no part of the config
+        return isinstance(other, DataConfig) and self.model_dump() == other.model_dump()
+
     def latent_meta(self) -> dict | None:
-        """meta.json of the encoded latents (None in pixel space)."""
+        """meta.json of the encoded latents (None in pixel space), read once per `latents` path."""
         if self.latents is None:
             return None
         path = Path(self.latents) / "meta.json"
+        if self._meta is not None and self._meta[0] == str(path):
+            return self._meta[1]
         try:
-            return json.loads(path.read_text())
+            meta = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             raise ValueError(f"dataset.latents: {path} not found or unreadable; create it with `gat-study encode`") from None
+        self._meta = (str(path), meta)
+        return meta
 
     @property
     def model_channels(self) -> int:

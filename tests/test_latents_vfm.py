@@ -191,3 +191,25 @@ def test_vfm_weights_missing_is_a_study_error(tmp_path):
     path.write_text("name: s\ntrain: {steps: 2, vfm: {weights: /no/dinov2.pth}}\n")
     with pytest.raises(StudyError, match=r"train.vfm.weights: weights file /no/dinov2.pth not found"):
         load_study(path)
+
+
+def test_latent_metadata_is_read_once_per_folder(tmp_path, monkeypatch):
+    """model_channels and model_resolution come from meta.json, read on the first access only (configs are
+    validated and queried many times); another folder is read afresh."""
+    import json
+    from pathlib import Path
+
+    from gat_core.config import DataConfig
+
+    for name, channels in (("a", 4), ("b", 8)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_text(json.dumps({"latent_channels": channels, "latent_resolution": 4}))
+    cfg = DataConfig(name="shapes", resolution=32, latents=tmp_path / "a")
+    reads = []
+    original = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self.name) or original(self, *a, **k))
+    assert (cfg.model_channels, cfg.model_resolution, cfg.model_channels) == (4, 4, 4)
+    assert reads == ["meta.json"]
+    assert cfg == DataConfig(name="shapes", resolution=32, latents=tmp_path / "a")  # the cache is no part of it
+    cfg.latents = tmp_path / "b"
+    assert cfg.model_channels == 8 and reads == ["meta.json", "meta.json"]
