@@ -93,9 +93,10 @@ def update_size(history: pd.DataFrame, usable: pd.DataFrame, switches: list[str]
             data = g.dropna(subset=[key])
             widths = sorted(data["width"].unique())
             cells = {w: np.log(data.loc[data["width"] == w, key].to_numpy(float)) for w in widths}
-            resampled = n_boot > 0 and all(len(v) >= 2 for v in cells.values())
+            resampled = n_boot > 0 and all(len(v) >= 2 for v in cells.values())  # every width: the slope's interval
             for w, v in cells.items():  # geometric means: the slope below is fitted on the same logs
-                boot = v[bootstrap_indices(len(v), n_boot, rng)].mean(axis=1) if resampled else np.empty(0)
+                boot = (v[bootstrap_indices(len(v), n_boot, rng)].mean(axis=1) if n_boot > 0 and len(v) >= 2
+                        else np.empty(0))  # one trial: no interval for this width
                 lo, hi = percentile_interval(np.exp(boot))
                 widths_rows.append({"group": group, "width": w, "key": key, "trials": len(v),
                                     "geomean": float(np.exp(v.mean())), "lo": lo, "hi": hi})
@@ -108,7 +109,8 @@ def update_size(history: pd.DataFrame, usable: pd.DataFrame, switches: list[str]
             slope_rows.append({"group": group, "key": key, "widths": len(widths),
                                "slope": _slope(lw, np.concatenate(list(cells.values()))), "lo": lo, "hi": hi})
             if not resampled:
-                notes.append(f"{group}, {key}: a width with a single trial, so no interval (run more seeds)")
+                notes.append(f"{group}, {key}: a width with a single trial, so no interval for it or for the slope "
+                             "(run more seeds)")
     return UpdateSize(per_trial=per, per_width=pd.DataFrame(widths_rows), slopes=pd.DataFrame(slope_rows), notes=notes)
 
 

@@ -90,3 +90,15 @@ def test_a_two_family_study_measures_the_trials_that_log_it(tmp_path) -> None:
     result = update_size(data.history, data.trials, ["model.family"], n_boot=50)
     (row,) = result.slopes.itertuples()
     assert row.group == "model.family=gat" and row.slope == pytest.approx(1.0)
+
+
+def test_a_width_with_one_trial_loses_its_own_interval_and_the_slopes(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trials = [t for t in lr_trials() if t.config["train.lr_rule"] == "width"
+              and (t.config["model.width"] != 128 or t.config["train.seed"] == 0)]
+    log_study(uri, "lr2", trials)
+    data = load_studies(uri, "lr2")
+    result = update_size(data.history, data.trials, [], n_boot=100)
+    cells = result.per_width[result.per_width["key"] == "out_change_g"].set_index("width")
+    assert cells.loc[[32, 64], "lo"].notna().all() and np.isnan(cells.at[128, "lo"])
+    assert result.slopes["lo"].isna().all()
