@@ -263,7 +263,10 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     if batch is not None:
         files += batch.files
         sections.append(batch.markdown(out_dir))
-    updates = update_size_section(data.history, usable, switches, tables, plots, out_dir, n_boot=n_boot, seed=seed)
+    unhealthy = data.trials[data.trials["trial_id"].isin(sel.unhealthy["trial_id"]) & ~data.trials["run_id"].isin(
+        usable["run_id"])] if len(sel.unhealthy) else None
+    updates = update_size_section(data.history, usable, switches, tables, plots, out_dir, n_boot=n_boot, seed=seed,
+                                  left_out=unhealthy)
     if updates is not None:
         files += updates[1]
         sections.append(updates[2])

@@ -56,6 +56,19 @@ class UpdateSize:
                           "slopes": self.slopes.to_dict(orient="records"), "notes": self.notes})
 
 
+def trial_medians(history: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Per trial (index run_id): the median of each `KEYS` over its logged steps after the first
+    `WARMUP_FRACTION` of training; non-positive medians as NaN (no log)."""
+    rows = history[history["key"].isin(KEYS) & history["run_id"].isin(trials["run_id"])]
+    total = total_steps(trials).set_axis(trials["run_id"])
+    rows = rows[rows["step"].to_numpy(float) > WARMUP_FRACTION * rows["run_id"].map(total).to_numpy(float)]
+    rows = rows[np.isfinite(rows["value"].astype(float))]
+    if rows.empty:
+        return pd.DataFrame(columns=list(KEYS))
+    per = rows.pivot_table(index="run_id", columns="key", values="value", aggfunc="median")
+    return per.where(per > 0)
+
+
 def update_size(history: pd.DataFrame, usable: pd.DataFrame, switches: list[str], *, n_boot: int = 1000,
                 seed: int = 0) -> UpdateSize | None:
     """The update sizes of `usable`'s trials; None unless they logged `out_change_*` at 2 or more widths of one depth
@@ -69,14 +82,10 @@ def update_size(history: pd.DataFrame, usable: pd.DataFrame, switches: list[str]
     if any(k in usable and usable[k].map(fmt_value).nunique() > 1 for k in FIXED_KEYS):
         return None
     info = usable.set_index("run_id")
-    total = total_steps(usable).set_axis(usable["run_id"])
-    rows = rows[rows["step"].to_numpy(float) > WARMUP_FRACTION * rows["run_id"].map(total).to_numpy(float)]
-    rows = rows[np.isfinite(rows["value"].astype(float))]
-    if rows.empty:
+    per = trial_medians(history, usable)  # a trial whose median update is 0 has no log; left out (see the notes)
+    if per.empty:
         return None
     by = [s for s in switches if s not in (WIDTH_KEY, "train.seed")]
-    per = rows.pivot_table(index="run_id", columns="key", values="value", aggfunc="median")
-    per = per.where(per > 0)  # a trial whose median update is 0 has no log; left out (see the notes)
     per["width"] = pd.to_numeric(info.loc[per.index, WIDTH_KEY], errors="coerce")
     per["group"] = (info.loc[per.index, by].apply(lambda r: ", ".join(f"{k}={fmt_value(v)}" for k, v in r.items()),
                                                   axis=1) if by else "all")
@@ -139,7 +148,19 @@ def plot_update_size(result: UpdateSize, stem: Path) -> list[Path]:
         return save(fig, stem)
 
 
-def update_size_markdown(result: UpdateSize, figure: list[Path], out_dir: Path) -> str:
+def left_out_table(history: pd.DataFrame, left_out: pd.DataFrame) -> pd.DataFrame:
+    """The update sizes of the trials left out of the fits (unhealthy ones), with their health, for comparison."""
+    per = trial_medians(history, left_out)
+    if per.empty:
+        return pd.DataFrame()
+    info = left_out.set_index("run_id").loc[per.index]
+    return pd.DataFrame({"trial": info.get("run_name", pd.Series(per.index, index=per.index)),
+                         "health": info.get("health", "—"),
+                         **{k: per[k].map(lambda v: fmt_num(v, 3)) for k in KEYS if k in per}}).reset_index(drop=True)
+
+
+def update_size_markdown(result: UpdateSize, figure: list[Path], out_dir: Path,
+                         left_out: pd.DataFrame | None = None) -> str:
     width_rows = [{"group": r.group, "width": fmt_value(r.width), "quantity": r.key, "trials": str(r.trials),
                    "geometric mean": fmt_num(r.geomean, 3), "95 % CI": fmt_interval((r.lo, r.hi), 3)}
                   for r in result.per_width.itertuples()]
@@ -158,17 +179,22 @@ def update_size_markdown(result: UpdateSize, figure: list[Path], out_dir: Path) 
         "log update size on log width (trials of each width resampled; no interval where a width has one trial).\n",
         markdown_table(pd.DataFrame(slope_rows)), markdown_table(pd.DataFrame(width_rows)),
         *[f"- {n}" for n in result.notes], "",
+        *(["The trials left out of the fits as unhealthy, measured the same way (for comparison, not in the "
+           "numbers above):\n", markdown_table(left_out)] if left_out is not None and len(left_out) else []),
         image_link(figure, out_dir, "update size vs width"),
         "Tables: [tables/update_size.csv](tables/update_size.csv) · "
         "[tables/update_size_slopes.csv](tables/update_size_slopes.csv)\n"]) + "\n"
 
 
 def update_size_section(history: pd.DataFrame, usable: pd.DataFrame, switches: list[str], tables: Path, plots: Path,
-                        out_dir: Path, *, n_boot: int = 1000, seed: int = 0) -> tuple[UpdateSize, list[Path], str] | None:
-    """(result, files, markdown), or None when the trials logged no update size at 2 or more widths."""
+                        out_dir: Path, *, n_boot: int = 1000, seed: int = 0, left_out: pd.DataFrame | None = None
+                        ) -> tuple[UpdateSize, list[Path], str] | None:
+    """(result, files, markdown), or None when the trials logged no update size at 2 or more widths; `left_out`: the
+    trials the fits leave out as unhealthy, listed with their update sizes for comparison."""
     result = update_size(history, usable, switches, n_boot=n_boot, seed=seed)
     if result is None:
         return None
     files = write_csvs(tables, {"update_size": result.per_width, "update_size_slopes": result.slopes})
     figure = plot_update_size(result, plots / "update_size")
-    return result, files + figure, update_size_markdown(result, figure, out_dir)
+    others = left_out_table(history, left_out) if left_out is not None and len(left_out) else None
+    return result, files + figure, update_size_markdown(result, figure, out_dir, others)

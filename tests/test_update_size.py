@@ -102,3 +102,18 @@ def test_a_width_with_one_trial_loses_its_own_interval_and_the_slopes(tmp_path) 
     cells = result.per_width[result.per_width["key"] == "out_change_g"].set_index("width")
     assert cells.loc[[32, 64], "lo"].notna().all() and np.isnan(cells.at[128, "lo"])
     assert result.slopes["lo"].isna().all()
+
+
+def test_the_unhealthy_trials_are_listed_beside_the_fits(tmp_path) -> None:
+    """A collapsed trial is left out of the slopes but shown with its update sizes and health."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trials = lr_trials()
+    bad = trials[0]
+    bad.health, bad.health_reason = "collapsed", "D wins outright"
+    bad.metrics["out_change_d"] = {s: 0.0005 for s in range(10, STEPS + 1, 10)}
+    log_study(uri, "lr3", trials)
+    report = write_report(load_studies(uri, "lr3"), tmp_path / "report", n_boot=20, log_artifacts=False)
+    assert report.update_size.per_trial["run_id"].nunique() == len(trials) - 1
+    text = report.path.read_text()
+    section = text[text.index("## Update size"):text.index("## Scaling claims")]
+    assert "left out of the fits as unhealthy" in section and "collapsed" in section and "0.0005" in section
