@@ -268,8 +268,8 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     updates = update_size_section(data.history, usable, switches, tables, plots, out_dir, n_boot=n_boot, seed=seed,
                                   left_out=unhealthy)
     if updates is not None:
-        files += updates[1]
-        sections.append(updates[2])
+        files += updates.files
+        sections.append(updates.markdown)
     if prediction is not None:
         more, prediction_figures = prediction_section(prediction, metric, tables, plots)
         files += more
@@ -297,7 +297,7 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
         "prediction": prediction.to_dict() if prediction is not None else None,
         "claims": claims.to_dict(),
         "batch_size": batch.result.to_dict() if batch is not None else None,
-        "update_size": updates[0].to_dict() if updates is not None else None,
+        "update_size": updates.result.to_dict() if updates is not None else None,
         "notes": notes,
     }
     (out_dir / "fits.json").write_text(json.dumps(json_safe(summary), indent=2, default=str))
@@ -307,7 +307,7 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
                     frontier=frontier, diversity=diversity, diversity_ablations=diversity_ablations, files=files,
                     notes=notes, isoflop=iso, prediction=prediction, claims=claims,
                     batch=batch.result if batch is not None else None,
-                    update_size=updates[0] if updates is not None else None)
+                    update_size=updates.result if updates is not None else None)
     report_path.write_text(_markdown(data, report, segments, figures, switches, n_boot, seed, out_dir, sections))
     files.append(report_path)
     if log_artifacts:

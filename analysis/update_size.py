@@ -75,16 +75,13 @@ def update_size(history: pd.DataFrame, usable: pd.DataFrame, switches: list[str]
     and patch size (where depth or patch varies too, width is not the only thing an update size would follow)."""
     if WIDTH_KEY not in usable or history.empty:
         return None
-    rows = history[history["key"].isin(KEYS) & history["run_id"].isin(usable["run_id"])]
-    if rows.empty:
-        return None
-    usable = usable[usable["run_id"].isin(rows["run_id"])]  # the trials that log it (GAN trials; DiT ones do not)
-    if any(k in usable and usable[k].map(fmt_value).nunique() > 1 for k in FIXED_KEYS):
-        return None
-    info = usable.set_index("run_id")
     per = trial_medians(history, usable)  # a trial whose median update is 0 has no log; left out (see the notes)
     if per.empty:
         return None
+    usable = usable[usable["run_id"].isin(per.index)]  # the trials that log it (GAN trials; DiT ones do not)
+    if any(k in usable and usable[k].map(fmt_value).nunique() > 1 for k in FIXED_KEYS):
+        return None
+    info = usable.set_index("run_id")
     by = [s for s in switches if s not in (WIDTH_KEY, "train.seed")]
     per["width"] = pd.to_numeric(info.loc[per.index, WIDTH_KEY], errors="coerce")
     per["group"] = (info.loc[per.index, by].apply(lambda r: ", ".join(f"{k}={fmt_value(v)}" for k, v in r.items()),
@@ -186,15 +183,24 @@ def update_size_markdown(result: UpdateSize, figure: list[Path], out_dir: Path,
         "[tables/update_size_slopes.csv](tables/update_size_slopes.csv)\n"]) + "\n"
 
 
+@dataclass
+class UpdateSizeSection:
+    """What the update-size part of a report wrote: the result, its files and the markdown."""
+
+    result: UpdateSize
+    files: list[Path]
+    markdown: str
+
+
 def update_size_section(history: pd.DataFrame, usable: pd.DataFrame, switches: list[str], tables: Path, plots: Path,
                         out_dir: Path, *, n_boot: int = 1000, seed: int = 0, left_out: pd.DataFrame | None = None
-                        ) -> tuple[UpdateSize, list[Path], str] | None:
-    """(result, files, markdown), or None when the trials logged no update size at 2 or more widths; `left_out`: the
-    trials the fits leave out as unhealthy, listed with their update sizes for comparison."""
+                        ) -> UpdateSizeSection | None:
+    """The section, or None when the trials logged no update size at 2 or more widths; `left_out`: the trials the
+    fits leave out as unhealthy, listed with their update sizes for comparison."""
     result = update_size(history, usable, switches, n_boot=n_boot, seed=seed)
     if result is None:
         return None
     files = write_csvs(tables, {"update_size": result.per_width, "update_size_slopes": result.slopes})
     figure = plot_update_size(result, plots / "update_size")
     others = left_out_table(history, left_out) if left_out is not None and len(left_out) else None
-    return result, files + figure, update_size_markdown(result, figure, out_dir, others)
+    return UpdateSizeSection(result, files + figure, update_size_markdown(result, figure, out_dir, others))
