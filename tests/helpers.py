@@ -5,16 +5,20 @@ subprocess, a kill-and-resume scenario, MLflow child runs, Ray's listening socke
 from __future__ import annotations
 
 import io
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import requests
+import torch
+import torch.nn.functional as F
 import yaml
 from PIL import Image
 from mlflow.tracking import MlflowClient
@@ -39,6 +43,21 @@ def tiny_study(name: str, out: Path, **train: object) -> dict:
     }
 
 
+def blur(sigma: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A separable Gaussian blur of NCHW images (replicate padding): a distortion that FD must rank."""
+    radius = math.ceil(3 * sigma)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-t**2 / (2 * sigma**2))
+    k = k / k.sum()
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        x = F.pad(x, (radius,) * 4, mode="replicate")
+        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return apply
+
+
 def write_study(path: Path, study: dict) -> Path:
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
@@ -57,10 +76,13 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator.cli", *args]
 
 
+ONE_TRIAL_STEPS = 24
+
+
 def start_one_trial_study(tmp_path: Path, name: str, max_failures: int = 0, workers: int = 1):
-    """`gat-study run` of a one-trial, 40-step study in a subprocess, returned once it checkpointed step >= 8."""
-    spec = tiny_study(name, tmp_path / "out", steps=40, checkpoint_every=4, log_every=2)
-    spec["eval"]["interval"] = 20
+    """`gat-study run` of a one-trial, 24-step study in a subprocess, returned once it checkpointed step >= 8."""
+    spec = tiny_study(name, tmp_path / "out", steps=ONE_TRIAL_STEPS, checkpoint_every=4, log_every=2)
+    spec["eval"]["interval"] = 12
     spec["resources"].update(max_failures=max_failures, workers=workers)
     spec["grid"] = {"train.seed": [0]}
     path = write_study(tmp_path / "study.yaml", spec)
@@ -89,7 +111,7 @@ def kill_and_finish(tmp_path: Path, name: str, pid_file: str, workers: int = 1):
     client = MlflowClient(load_study(path).config.tracking_uri)
     (run,) = children(client, name)
     assert run.data.tags["status"] == "completed"
-    assert steps_of(client, run.info.run_id, "loss_d") == list(range(2, 41, 2))
+    assert steps_of(client, run.info.run_id, "loss_d") == list(range(2, ONE_TRIAL_STEPS + 1, 2))
     (resumed,) = [m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")]
     assert resumed >= 4
     return run

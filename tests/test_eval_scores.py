@@ -18,6 +18,7 @@ from gat_core.config import DataConfig, EvalConfig
 from gat_core.data import ImageDataset, load_dataset
 from gat_core.metrics import RunningStats, fd_infinity, frechet_distance, kid, precision_recall
 from gat_core.metrics.evaluator import build_evaluator
+from tests.helpers import blur
 
 
 # --- KID ----------------------------------------------------------------------------------------------
@@ -119,20 +120,6 @@ def test_fd_infinity_removes_the_small_sample_bias() -> None:
 
 def translate(k: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: F.pad(x, (k, 0, k, 0), mode="replicate")[:, :, : x.shape[2], : x.shape[3]]
-
-
-def blur(sigma: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    radius = math.ceil(3 * sigma)
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-t**2 / (2 * sigma**2))
-    k = k / k.sum()
-
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        x = F.pad(x, (radius,) * 4, mode="replicate")
-        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return apply
 
 
 def test_fd_small_between_halves_and_monotone_in_distortion(tmp_path: Path) -> None:

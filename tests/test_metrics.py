@@ -20,6 +20,7 @@ from gat_core.metrics import (
 )
 from gat_core.metrics import classifier as classifier_module
 from gat_core.metrics.evaluator import Reference
+from tests.helpers import blur
 
 EPOCHS = 3
 
@@ -188,20 +189,6 @@ def pool_generator(data: ImageDataset, transform: Callable[[torch.Tensor], torch
         pick = (torch.rand(len(labels), generator=g) * counts[labels]).long()
         return transform(data.images[table[labels, pick]])
     return generate
-
-
-def blur(sigma: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    radius = math.ceil(3 * sigma)
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-t**2 / (2 * sigma**2))
-    k = k / k.sum()
-
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        x = F.pad(x, (radius,) * 4, mode="replicate")
-        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return apply
 
 
 def test_fd_separates_real_from_degraded(shapes_data: ImageDataset, trained: dict, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.runner import run_study
 from orchestrator.study import load_study
 from orchestrator.tracking import StudyTracker
-from tests.helpers import children, cli, kill_and_finish, start_one_trial_study, steps_of, tiny_study, write_study
+from tests.helpers import ONE_TRIAL_STEPS, children, cli, kill_and_finish, start_one_trial_study, steps_of, tiny_study, write_study
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +98,14 @@ def test_interrupted_study_resumes_in_the_same_runs(tmp_path):
     (run,) = children(client, "resume")
     assert run.data.tags["status"] != "completed"
     interrupted_at = max(steps_of(client, run.info.run_id, "loss_d"))
-    assert 8 <= interrupted_at < 40
+    assert 8 <= interrupted_at < ONE_TRIAL_STEPS
 
     result = subprocess.run(cli("run", str(path)), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     (run,) = children(client, "resume")
     assert run.data.tags["status"] == "completed"
     steps = steps_of(client, run.info.run_id, "loss_d")
-    assert steps == list(range(2, 41, 2))  # continuous, no step logged twice
+    assert steps == list(range(2, ONE_TRIAL_STEPS + 1, 2))  # continuous, no step logged twice
     resumed = [m.value for m in client.get_metric_history(run.info.run_id, "resumed_from_step")]
     assert len(resumed) == 1 and 4 <= resumed[0] <= interrupted_at
 
