@@ -29,8 +29,8 @@ from analysis.predict import Prediction, held_out_prediction, prediction_markdow
 from analysis.render import (fmt_num, fmt_value, image_link, latex_table, log_to_parents, markdown_table,
                              tex_csv_links, values_table, write_table_files)
 from analysis.scaling import X_AXES, ScalingFits, scaling_fits
-from analysis.select import (Selection, diversity_metric, health_note, lower_is_better, primary_metric,
-                             select_trials)
+from analysis.select import (D_WINS, Selection, d_wins_note, d_wins_share, diversity_metric, health_note,
+                             lower_is_better, primary_metric, select_trials)
 from analysis.update_size import UpdateSize, update_size_section
 
 FLOP_CONVENTION = f"{MAC_CONVENTION}; gflops_g per image forward, train_flops cumulative"
@@ -107,6 +107,8 @@ def final_values(trials: pd.DataFrame, metric: str, diversity: str | None, label
     out[metric] = trials["metric_value"] if "metric_value" in trials else column(metric)
     if diversity is not None:
         out[diversity] = column(diversity)
+    if D_WINS in trials and trials[D_WINS].notna().any():
+        out["D wins (share of steps)"] = trials[D_WINS].astype(float)
     return out.reset_index(drop=True)
 
 
@@ -156,12 +158,13 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     plots.mkdir(parents=True, exist_ok=True)
     metric = primary_metric(data, metric)
     sel = select_trials(data, metric, include_failed=include_failed, keep_unhealthy=keep_unhealthy)
+    sel.usable[D_WINS] = d_wins_share(data.history, sel.usable)
     usable = sel.usable
     diversity = diversity_metric(data, metric)
     isoflop = is_isoflop(data.trials)
     switches = [s for s in detect_switches(usable) if not (isoflop and s == BUDGET_KEY)]  # the design's axis
     style = make_style(data.trials)
-    notes: list[str] = list(data.notes) + [n for n in [health_note(sel)] if n]
+    notes: list[str] = list(data.notes) + [n for n in [health_note(sel), d_wins_note(usable)] if n]
     files: list[Path] = []
 
     scaling = scaling_fits(usable, metric, switches, lower_is_better=sel.lower_is_better, n_boot=n_boot, seed=seed,
@@ -338,6 +341,7 @@ def _img(figures: dict[str, list[Path] | None], name: str, out_dir: Path, alt: s
 def _excluded_display(data: StudyData, sel: Selection, metric: str, diversity: str | None) -> pd.DataFrame:
     """The excluded trials with their final metric and diversity: the evidence for leaving them out."""
     rest = data.trials[~data.trials["run_id"].isin(sel.usable["run_id"])]  # the excluded rows, in their order
+    rest = rest.assign(**{D_WINS: d_wins_share(data.history, rest)})
     values = final_values(rest, metric, diversity, []).drop(columns=["run_name", "health"], errors="ignore")
     return pd.concat([sel.excluded, values], axis=1)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from analysis.claims import WARMUP_FRACTION, total_steps
 from analysis.contract import lower_is_better
 from analysis.errors import AnalysisError
 from analysis.load import DIVERSITY_PREFIX, QUALITY_PATTERN, StudyData
@@ -24,6 +25,10 @@ from analysis.load import DIVERSITY_PREFIX, QUALITY_PATTERN, StudyData
 _KIND_PREFIX = re.compile(r"^(fd_inf_|fd_|kid_|precision_|recall_|diversity_)")
 HEALTHY = ("ok", "")  # "" = not judged (a run still pending, running or failed: its status decides)
 
+
+D_WINS = "d_wins"  # the column: share of a trial's logged steps at which D won outright
+LOSS_D_FLOOR = 0.01  # gat_core EvalConfig.health_min_loss_d's default, for runs that did not log theirs
+EPISODE_FLAG = 0.1  # as long as the window the trainer's verdict looks at (its last 10 % of training)
 
 DIVERSITY_METRIC = f"{DIVERSITY_PREFIX}pixels"  # what trials log beside the quality metric (gat_core EvalConfig)
 
@@ -159,6 +164,39 @@ def _keep_hint(unhealthy: pd.DataFrame) -> str:
     left_out = unhealthy[~unhealthy["used"] & (unhealthy["status"] == "completed")] if len(unhealthy) else unhealthy
     return (f". {len(left_out)} completed trials were left out as unhealthy; --keep-unhealthy keeps them"
             if len(left_out) else "")
+
+
+def d_wins_share(history: pd.DataFrame, trials: pd.DataFrame) -> pd.Series:
+    """Per trial (indexed like `trials`): the share of its logged loss_d values after the first 10 % of training
+    below its floor (`eval.health_min_loss_d`, else 0.01), i.e. how long D won outright once past the start;
+    NaN where no loss_d was logged (DiT).  The trainer's health verdict sees only the last 10 % of training, so
+    a D-wins episode that ends before it leaves a trial tagged healthy: this number shows it."""
+    if history.empty or "run_id" not in trials:
+        return pd.Series(float("nan"), index=trials.index)
+    total = pd.Series(total_steps(trials).to_numpy(float), index=trials["run_id"].to_numpy())
+    rows = history[history["key"] == "loss_d"]
+    rows = rows[rows["step"].to_numpy(float) > WARMUP_FRACTION * rows["run_id"].map(total).to_numpy(float)]
+    floor = (pd.to_numeric(trials["eval.health_min_loss_d"], errors="coerce") if "eval.health_min_loss_d" in trials
+             else pd.Series(float("nan"), index=trials.index)).fillna(LOSS_D_FLOOR)
+    floors = pd.Series(floor.to_numpy(float), index=trials["run_id"].to_numpy())
+    rows = rows[rows["run_id"].isin(floors.index)]
+    below = rows["value"].astype(float).to_numpy() < rows["run_id"].map(floors).to_numpy(float)
+    share = pd.Series(below, index=rows["run_id"].to_numpy()).groupby(level=0).mean()
+    return trials["run_id"].map(share).astype(float)
+
+
+def d_wins_note(usable: pd.DataFrame) -> str:
+    """One line naming the trials used in fits that D won outright for at least `EPISODE_FLAG` of their steps."""
+    if D_WINS not in usable:
+        return ""
+    hit = usable[usable[D_WINS].astype(float) >= EPISODE_FLAG]
+    if hit.empty:
+        return ""
+    listing = "; ".join(f"{r.run_name} ({r.d_wins:.0%} of logged steps)" for r in hit.itertuples())
+    return (f"{len(hit)} trial(s) used in the fits had D winning outright (loss_d below the health floor) for "
+            f"{EPISODE_FLAG:.0%} or more of their logged steps after the first 10 %, though tagged healthy: {listing}. "
+            "The trainer's "
+            "verdict sees only the last 10 % of training; an earlier episode is shown here, not acted on.")
 
 
 def health_note(sel: Selection) -> str:

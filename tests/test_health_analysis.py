@@ -268,3 +268,25 @@ def test_one_healthy_trial_beside_collapsed_ones_still_gets_its_report(tmp_path:
     report = run_analysis("mostly-collapsed", uri, tmp_path / "out", n_boot=10, log_artifacts=False)
     text = report.path.read_text()
     assert len(report.selection.usable) == 1 and COLLAPSE_REASON in text and "no scaling fit was possible" in text
+
+
+def test_a_d_wins_episode_before_the_verdicts_window_is_shown_not_acted_on(tmp_path: Path) -> None:
+    """A trial whose D won outright mid-run and recovered is tagged healthy (the verdict sees the last 10 %);
+    the report shows the share of its steps after the first 10 % that D won, and names it in a note."""
+    from orchestrator.analyze_cmd import run_analysis
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trials = power_law_trials(4, diversity=0.9, health="ok")  # 400 steps, loss_d logged every 25
+    episode, warmup = trials[1], trials[2]
+    for step in episode.metrics["loss_d"]:
+        if 100 <= step <= 250:
+            episode.metrics["loss_d"][step] = 1e-4  # 7 of the 15 logged steps after step 40
+    warmup.metrics["loss_d"][25] = 1e-4  # inside the first 10 %: the start of a GAN, not counted
+    log_study(uri, "episodes", trials)
+    report = run_analysis("episodes", uri, tmp_path / "out", n_boot=10, log_artifacts=False)
+    usable = report.selection.usable
+    assert len(usable) == 4 and sorted(usable["d_wins"].round(4).tolist()) == [0.0, 0.0, 0.0, round(7 / 15, 4)]
+    flagged = usable.loc[usable["d_wins"] > 0, "run_name"].item()
+    assert "D wins (share of steps)" in report.path.read_text()
+    (note,) = [n for n in report.notes if "D winning outright" in n]
+    assert note.startswith("1 trial(s) used in the fits") and f"{flagged} (47% of logged steps)" in note
