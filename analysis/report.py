@@ -57,6 +57,7 @@ class Report:
     claims: Claims | None = None  # the scaling claims (correlation, larger is better, plateau, prediction)
     batch: BatchResult | None = None  # steps and samples to a target per batch size, in a batch-size study
     update_size: UpdateSize | None = None  # relative output change per step vs width (out_change_g/d logged)
+    d_wins: pd.Series = field(default_factory=pd.Series)  # per run_id: share of steps D won outright
 
 
 def _slug(text: str) -> str:
@@ -158,7 +159,8 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
     plots.mkdir(parents=True, exist_ok=True)
     metric = primary_metric(data, metric)
     sel = select_trials(data, metric, include_failed=include_failed, keep_unhealthy=keep_unhealthy)
-    sel.usable[D_WINS] = d_wins_share(data.history, sel.usable)
+    d_wins = d_wins_share(data.history, data.trials).set_axis(data.trials["run_id"])  # once, for all trials
+    sel.usable[D_WINS] = sel.usable["run_id"].map(d_wins)
     usable = sel.usable
     diversity = diversity_metric(data, metric)
     isoflop = is_isoflop(data.trials)
@@ -310,7 +312,7 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
                     frontier=frontier, diversity=diversity, diversity_ablations=diversity_ablations, files=files,
                     notes=notes, isoflop=iso, prediction=prediction, claims=claims,
                     batch=batch.result if batch is not None else None,
-                    update_size=updates.result if updates is not None else None)
+                    update_size=updates.result if updates is not None else None, d_wins=d_wins)
     report_path.write_text(_markdown(data, report, segments, figures, switches, n_boot, seed, out_dir, sections))
     files.append(report_path)
     if log_artifacts:
@@ -338,11 +340,12 @@ def _img(figures: dict[str, list[Path] | None], name: str, out_dir: Path, alt: s
     return link + "\n" if link else ""
 
 
-def _excluded_display(data: StudyData, sel: Selection, metric: str, diversity: str | None) -> pd.DataFrame:
+def _excluded_display(data: StudyData, report: Report, diversity: str | None) -> pd.DataFrame:
     """The excluded trials with their final metric and diversity: the evidence for leaving them out."""
+    sel = report.selection
     rest = data.trials[~data.trials["run_id"].isin(sel.usable["run_id"])]  # the excluded rows, in their order
-    rest = rest.assign(**{D_WINS: d_wins_share(data.history, rest)})
-    values = final_values(rest, metric, diversity, []).drop(columns=["run_name", "health"], errors="ignore")
+    rest = rest.assign(**{D_WINS: rest["run_id"].map(report.d_wins)})
+    values = final_values(rest, report.metric, diversity, []).drop(columns=["run_name", "health"], errors="ignore")
     return pd.concat([sel.excluded, values], axis=1)
 
 
@@ -373,7 +376,7 @@ def _markdown(data: StudyData, report: Report, segments: pd.DataFrame, figures: 
     note = health_note(sel)
     if len(sel.excluded):
         md += ["## Excluded trials\n", *([note + "\n"] if note else []),
-               values_table(_excluded_display(data, sel, metric, diversity))]
+               values_table(_excluded_display(data, report, diversity))]
     elif note:
         md += ["## Unhealthy trials\n", note + "\n"]
     md += ["## Trials (final values)\n",

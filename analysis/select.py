@@ -176,9 +176,8 @@ def d_wins_share(history: pd.DataFrame, trials: pd.DataFrame) -> pd.Series:
     total = pd.Series(total_steps(trials).to_numpy(float), index=trials["run_id"].to_numpy())
     rows = history[history["key"] == "loss_d"]
     rows = rows[rows["step"].to_numpy(float) > WARMUP_FRACTION * rows["run_id"].map(total).to_numpy(float)]
-    floor = (pd.to_numeric(trials["eval.health_min_loss_d"], errors="coerce") if "eval.health_min_loss_d" in trials
-             else pd.Series(float("nan"), index=trials.index)).fillna(LOSS_D_FLOOR)
-    floors = pd.Series(floor.to_numpy(float), index=trials["run_id"].to_numpy())
+    logged = trials.get("eval.health_min_loss_d", pd.Series(float("nan"), index=trials.index))
+    floors = pd.to_numeric(logged, errors="coerce").fillna(LOSS_D_FLOOR).set_axis(trials["run_id"])
     rows = rows[rows["run_id"].isin(floors.index)]
     below = rows["value"].astype(float).to_numpy() < rows["run_id"].map(floors).to_numpy(float)
     share = pd.Series(below, index=rows["run_id"].to_numpy()).groupby(level=0).mean()
@@ -195,8 +194,7 @@ def d_wins_note(usable: pd.DataFrame) -> str:
     listing = "; ".join(f"{r.run_name} ({r.d_wins:.0%} of logged steps)" for r in hit.itertuples())
     return (f"{len(hit)} trial(s) used in the fits had D winning outright (loss_d below the health floor) for "
             f"{EPISODE_FLAG:.0%} or more of their logged steps after the first 10 %, though tagged healthy: {listing}. "
-            "The trainer's "
-            "verdict sees only the last 10 % of training; an earlier episode is shown here, not acted on.")
+            "The trainer's verdict sees only the last 10 % of training; an earlier episode is shown here, not acted on.")
 
 
 def health_note(sel: Selection) -> str:
