@@ -16,7 +16,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gat_core.augment import AugmentParams, DiffAugment
-from gat_core.config import TrialConfig
+from gat_core.config import ModelConfig, TrialConfig
 from gat_core.diagnostics import OutputProbe, block_utilisation
 from gat_core.flops import TrialCost, generator_cost, trial_cost
 from gat_core.models.discriminator import GATDiscriminator
@@ -34,14 +34,20 @@ def learning_rates(cfg: TrialConfig) -> tuple[float, float]:
 
 
 def build_networks(cfg: TrialConfig, num_classes: int) -> tuple[GATGenerator, GATDiscriminator]:
-    m, d, levels = cfg.model, cfg.dataset, cfg.train.levels
-    ckpt_blocks = cfg.train.grad_checkpoint
-    gen = GATGenerator(channels=d.model_channels, resolution=d.model_resolution, patch_size=m.patch_size, width=m.width,
+    d = cfg.dataset
+    return build_gan(cfg.model, channels=d.model_channels, resolution=d.model_resolution, num_classes=num_classes,
+                     levels=cfg.train.levels, grad_checkpoint=cfg.train.grad_checkpoint)
+
+
+def build_gan(m: ModelConfig, channels: int, resolution: int, num_classes: int, levels: int,
+              grad_checkpoint: bool = False) -> tuple[GATGenerator, GATDiscriminator]:
+    """G and D of one model config on data of the given shape (no data set needed: FLOP tests build on meta)."""
+    gen = GATGenerator(channels=channels, resolution=resolution, patch_size=m.patch_size, width=m.width,
                        depth=m.depth, heads=m.heads, num_classes=num_classes, levels=levels,
-                       z_dim=m.z_dim, class_dim=m.class_dim, grad_checkpoint=ckpt_blocks)
-    disc = GATDiscriminator(channels=d.model_channels, levels=levels, resolution=d.model_resolution, patch_size=m.patch_size,
+                       z_dim=m.z_dim, class_dim=m.class_dim, grad_checkpoint=grad_checkpoint)
+    disc = GATDiscriminator(channels=channels, levels=levels, resolution=resolution, patch_size=m.patch_size,
                             width=m.disc_width, depth=m.disc_depth, heads=m.disc_heads, num_classes=num_classes,
-                            cond_dim=m.disc_cond_dim, grad_checkpoint=ckpt_blocks)
+                            cond_dim=m.disc_cond_dim, grad_checkpoint=grad_checkpoint)
     return gen, disc
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from gat_core.gan_trainer import GANTrainer
+from gat_core.gan_trainer import GANTrainer, build_gan
 from gat_core.config import ModelConfig, TrialConfig
 from gat_core.flop_counter import count_macs
 from gat_core.flops import (
@@ -31,8 +31,6 @@ from gat_core.flops import (
     trial_cost,
     vfm_cost,
 )
-from gat_core.models.discriminator import GATDiscriminator
-from gat_core.models.generator import GATGenerator
 from gat_core.models.layers import Attention, Rope2D
 from gat_core.models.registry import preset_names
 from orchestrator.flops_cmd import flops_data, flops_report
@@ -43,13 +41,7 @@ LATENT = dict(resolution=32, channels=4, num_classes=1000, levels=4)  # the pape
 
 def build_on_meta(m: ModelConfig, resolution: int, channels: int, num_classes: int, levels: int):
     with torch.device("meta"):
-        gen = GATGenerator(channels=channels, resolution=resolution, patch_size=m.patch_size, width=m.width,
-                           depth=m.depth, heads=m.heads, num_classes=num_classes, levels=levels,
-                           z_dim=m.z_dim, class_dim=m.class_dim)
-        disc = GATDiscriminator(channels=channels, levels=levels, resolution=resolution, patch_size=m.patch_size,
-                                width=m.disc_width, depth=m.disc_depth, heads=m.disc_heads,
-                                num_classes=num_classes, cond_dim=m.disc_cond_dim)
-    return gen, disc
+        return build_gan(m, channels=channels, resolution=resolution, num_classes=num_classes, levels=levels)
 
 
 def n_params(module: torch.nn.Module) -> int:
