@@ -11,7 +11,7 @@ setting, else the most common one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -95,6 +95,7 @@ class AblationTable:
     contexts: list[str]     # columns, smallest model first
     cells: pd.DataFrame     # value, context, mean, std, n, delta, delta_se, delta_pct
     context_sizes: dict[str, str]  # context -> model size (for colours)
+    direction: str | None = None   # the caption's reading of the metric, where "lower/higher is better" is wrong
 
     def cell(self, value: str, context: str) -> pd.Series | None:
         hit = self.cells[(self.cells["value"] == value) & (self.cells["context"] == context)]
@@ -102,7 +103,7 @@ class AblationTable:
 
     @property
     def caption(self) -> str:
-        arrow = "lower is better" if self.lower_is_better else "higher is better"
+        arrow = self.direction or ("lower is better" if self.lower_is_better else "higher is better")
         return (f"{self.metric} ({arrow}) by {self.switch}: mean ± std over seeds (n trials per cell); "
                 f"Δ = setting − baseline ({self.switch}={self.baseline}) ± standard error")
 
@@ -173,9 +174,38 @@ def ablation_table(trials: pd.DataFrame, switch: str, metric: str = "metric_valu
     frame = trials.assign(_value=trials[switch].map(fmt_value),
                           _context=_contexts(trials, switch, other_switches),
                           _y=trials[metric].astype(float))
-    base = baseline if baseline is not None else baseline_value(trials, switch)
     order = frame.sort_values(["size_rank", "patch"] if "size_rank" in frame else ["_context"], kind="stable")
-    contexts = list(dict.fromkeys(order["_context"]))
+    base = baseline if baseline is not None else baseline_value(trials, switch)
+    return _table(frame, switch, metric_name or metric, base, lower_is_better, list(dict.fromkeys(order["_context"])))
+
+
+def block_util_table(trials: pd.DataFrame, switch: str, keys: list[str], *, baseline: str | None = None,
+                     other_switches: Iterable[str] = ()) -> AblationTable:
+    """G's per-block utilisation (`block_util_<i>` at the final evaluation) by setting of `switch`: an ablation
+    table whose columns are G's blocks (per context when the study has several), so that "with MNG the early
+    blocks carry more of the output" reads off its first columns, with Δ to the baseline ± standard error."""
+    context = _contexts(trials, switch, other_switches)
+    several = context.nunique() > 1
+    order = trials.assign(_c=context).sort_values(["size_rank", "patch"] if "size_rank" in trials else ["_c"],
+                                                  kind="stable")["_c"]
+    parts, contexts = [], []
+    for ctx in dict.fromkeys(order):
+        for key in keys:
+            label = (f"{ctx} " if several else "") + f"block {key[11:]}"
+            contexts.append(label)
+            rows = trials[context == ctx]
+            parts.append(rows.assign(_value=rows[switch].map(fmt_value), _context=label,
+                                     _y=rows[key].astype(float)).dropna(subset=["_y"]))
+    frame = pd.concat(parts, ignore_index=True)
+    base = baseline if baseline is not None else baseline_value(trials, switch)
+    table = _table(frame, switch, "block utilisation of G", base, False, contexts)
+    return replace(table, direction="relative change of G's output when the block is skipped: higher = the block "
+                                    "carries more")
+
+
+def _table(frame: pd.DataFrame, switch: str, metric_name: str, base: str, lower_is_better: bool,
+           contexts: list[str]) -> AblationTable:
+    """Cells (mean, std, n per setting and context; Δ to the baseline's cell with its standard error)."""
     values = [base] + sorted(v for v in frame["_value"].unique() if v != base)
     stats = frame.groupby(["_value", "_context"])["_y"].agg(mean="mean", std="std", n="count").reset_index()
     stats = stats.rename(columns={"_value": "value", "_context": "context"})
@@ -194,6 +224,6 @@ def ablation_table(trials: pd.DataFrame, switch: str, metric: str = "metric_valu
     cells["_v"] = cells["value"].map(values.index)
     cells["_c"] = cells["context"].map(contexts.index)
     cells = cells.sort_values(["_v", "_c"]).drop(columns=["_v", "_c"]).reset_index(drop=True)
-    return AblationTable(switch=switch, metric=metric_name or metric, baseline=base, lower_is_better=lower_is_better,
+    return AblationTable(switch=switch, metric=metric_name, baseline=base, lower_is_better=lower_is_better,
                          values=values, contexts=contexts, cells=cells,
                          context_sizes=dict(zip(frame["_context"], frame["size"].astype(str))))

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from analysis.ablation import AblationTable, fmt_value
+from analysis.ablation import OFF_VALUES, AblationTable, fmt_value
 from analysis.fit import Fit
 from analysis.load import DIVERSITY_PREFIX
 
@@ -324,31 +324,32 @@ def block_util_keys(trials: pd.DataFrame) -> list[str]:
 
 
 def plot_block_util(trials: pd.DataFrame, style: Style, stem: Path, switch: str = "train.mng") -> list[Path] | None:
-    """Final per-block utilisation of G per model size, solid with MNG and dashed without; None if not logged."""
+    """Final per-block utilisation of G per model size and setting of `switch` (mean ± std over seeds; the
+    "off" setting dashed, each other setting its own line style); None if not logged."""
     keys = block_util_keys(trials)
     if not keys:
         return None
     cols = ["run_id", "size", "size_rank", *([switch] if switch in trials else [])]
     last = trials[cols + keys].melt(id_vars=cols, value_vars=keys, var_name="key").dropna(subset=["value"])
-    last = last.assign(block=last["key"].str[11:].astype(int))
-    mng = last[switch].map(fmt_value) if switch in last else pd.Series("—", index=last.index)
-    last = last.assign(_mng=np.where(mng.isin(["off", "False", "—"]), "off" if switch in last else "—", "on"))
+    last = last.assign(block=last["key"].str[11:].astype(int),
+                       _setting=last[switch].map(fmt_value) if switch in last else "—")
+    settings = sorted(last["_setting"].unique(), key=lambda v: (v in OFF_VALUES, v))
+    on_styles = iter(["-", ":", "-.", (0, (5, 1, 1, 1))])
+    dashes = {v: "--" if v in OFF_VALUES and v != "—" else next(on_styles, "-") for v in settings}
     with matplotlib.rc_context(PAPER_RC):
         fig = Figure(figsize=(3.6, 2.6), layout="constrained")
         ax = fig.add_subplot()
-        for (rank, mng_on), group in last.groupby(["size_rank", "_mng"], sort=True):
+        for (rank, setting), group in last.groupby(["size_rank", "_setting"], sort=True):
             curve = group.groupby("block")["value"].agg(["mean", "std"])
-            size = group["size"].iloc[0]
-            ax.errorbar(curve.index, curve["mean"], yerr=curve["std"].fillna(0), color=style.color(size),
-                        linestyle="--" if mng_on == "off" else "-", marker="o", markersize=3, capsize=2,
-                        linewidth=1.0)
+            ax.errorbar(curve.index, curve["mean"], yerr=curve["std"].fillna(0), color=style.color(group["size"].iloc[0]),
+                        linestyle=dashes[setting], marker="o", markersize=3, capsize=2, linewidth=1.0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("block of G")
         ax.set_ylabel("block utilisation (relative output change)")
         handles = style.legend_handles(last["size"], [])
-        if (last["_mng"] != "—").any():
-            handles += [Line2D([], [], color="0.3", linestyle="-", label="MNG on"),
-                        Line2D([], [], color="0.3", linestyle="--", label="MNG off")]
+        if switch in trials:
+            name = switch.rsplit(".", 1)[-1]
+            handles += [Line2D([], [], color="0.3", linestyle=dashes[v], label=f"{name}={v}") for v in settings]
         fig.legend(handles=handles, loc="outside right upper")
         return save(fig, stem)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.ablation import AblationTable, ablation_table, baseline_value, detect_switches
+from analysis.ablation import AblationTable, ablation_table, baseline_value, block_util_table, detect_switches
 from analysis.batch_size import BatchResult, batch_section
 from analysis.claims import Claims, claims_markdown, scaling_claims
 from analysis.contract import FLOP_CONVENTION as MAC_CONVENTION
@@ -23,7 +23,7 @@ from analysis.fit import Fit, json_safe
 from analysis.frontier import compute_frontier, eval_points, frontier_segments
 from analysis.isoflop import BUDGET_KEY, IsoflopSection, is_isoflop, isoflop_section
 from analysis.load import StudyData, download_run_artifact, quiet_artifacts
-from analysis.plots import (axis_label, make_style, plot_ablation, plot_block_util,
+from analysis.plots import (axis_label, block_util_keys, make_style, plot_ablation, plot_block_util,
                             plot_compute_curves, plot_scaling, plot_training_curves, sample_collage)
 from analysis.predict import Prediction, held_out_prediction, prediction_markdown, prediction_section
 from analysis.render import (fmt_num, fmt_value, image_link, latex_table, log_to_parents, markdown_table,
@@ -49,6 +49,7 @@ class Report:
     frontier: pd.DataFrame
     diversity: str | None = None  # the diversity metric shown beside `metric`, when logged
     diversity_ablations: dict[str, AblationTable] = field(default_factory=dict)
+    block_util: AblationTable | None = None  # G's per-block utilisation by the MNG switch, when logged
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     logged_to: list[str] = field(default_factory=list)
@@ -236,6 +237,12 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
                                                       final_apart=[metric, *([diversity] if diversity else [])])
     mng_switch = "train.mng" if "train.mng" in usable else next((s for s in switches if "mng" in s), "train.mng")
     figures["block_util"] = plot_block_util(usable, style, plots / "block_util", switch=mng_switch)
+    block_util = None
+    if figures["block_util"] is not None and mng_switch in switches:
+        block_util = block_util_table(usable, mng_switch, block_util_keys(usable),
+                                      baseline=baseline_value(usable, mng_switch, base), other_switches=switches)
+        files += write_table_files(tables / "block_util", block_util.to_markdown(), block_util.to_latex(),
+                                   block_util.to_csv)
     if figures["block_util"] is None:
         notes.append("no run logged block_util_<i>: the per-block utilisation plot of G is skipped")
     with tempfile.TemporaryDirectory() as tmp, quiet_artifacts():
@@ -303,6 +310,8 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
         "claims": claims.to_dict(),
         "batch_size": batch.result.to_dict() if batch is not None else None,
         "update_size": updates.result.to_dict() if updates is not None else None,
+        "block_util": {"switch": block_util.switch, "baseline": block_util.baseline,
+                       "cells": json_safe(block_util.cells.to_dict(orient="records"))} if block_util else None,
         "notes": notes,
     }
     (out_dir / "fits.json").write_text(json.dumps(json_safe(summary), indent=2, default=str))
@@ -312,7 +321,8 @@ def write_report(data: StudyData, out_dir: Path, metric: str | None = None, *, i
                     frontier=frontier, diversity=diversity, diversity_ablations=diversity_ablations, files=files,
                     notes=notes, isoflop=iso, prediction=prediction, claims=claims,
                     batch=batch.result if batch is not None else None,
-                    update_size=updates.result if updates is not None else None, d_wins=d_wins)
+                    update_size=updates.result if updates is not None else None, d_wins=d_wins,
+                    block_util=block_util)
     report_path.write_text(_markdown(data, report, segments, figures, switches, n_boot, seed, out_dir, sections))
     files.append(report_path)
     if log_artifacts:
@@ -420,6 +430,9 @@ def _markdown(data: StudyData, report: Report, segments: pd.DataFrame, figures: 
     md += ["## Training curves\n", _img(figures, "training_curves", out_dir, "training curves")]
     md += ["## Block utilisation of G\n",
            _img(figures, "block_util", out_dir, "per-block utilisation") or "_not logged by any run_\n\n"]
+    if report.block_util is not None:
+        md += [f"Final `block_util_<i>` of every trial used, by {report.block_util.switch} (block 0 is G's first).\n",
+               report.block_util.to_markdown(), tex_csv_links("block_util")]
     md += ["## Samples (final, EMA generator)\n",
            _img(figures, "samples", out_dir, "final samples by model size") or "_no sample grids logged_\n\n"]
     if notes or scaling.skipped:

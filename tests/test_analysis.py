@@ -412,6 +412,14 @@ def test_analyze_writes_fits_tables_plots_report_and_logs_them(store: str, tmp_p
     text = report.read_text()
     assert "![" in text and "(plots/scaling_gflops_g.png)" in text and "(plots/samples.png)" in text
     assert "| train.mng |" in text
+    # G's per-block utilisation by MNG setting: the early blocks of the MNG-off trials carry less (0.05 vs 0.4)
+    util = fits["block_util"]
+    assert util["switch"] == "train.mng" and util["baseline"] == "exp"
+    off = pd.DataFrame(util["cells"]).query("value == 'off'")
+    early = off["context"].str.endswith(("block 0", "block 1"))
+    assert len(off) == 12 and (off["n"] == 3).all()
+    assert np.allclose(off.loc[early, "delta"], -0.35) and np.allclose(off.loc[~early, "delta"], 0.0)
+    assert (out / "tables" / "block_util.tex").exists() and "Δ off − exp" in text
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=store)
