@@ -5,8 +5,9 @@
 * (b) **larger is better at the same step**: over all pairs of trials of different `gflops_g` and the same
   seed, at every evaluation step common to both after the first 10 % of training, the fraction of
   comparisons the larger model wins, overall and per pair of sizes, with a bootstrap over seeds;
-* (c) **plateau of the smallest model**: its seed-mean metric at the last intermediate evaluations, and its
-  relative improvement over the last third of training ("near plateau" below 10 %);
+* (c) **plateau of the smallest model**: its seed-mean metric at the intermediate evaluations of the last two
+  thirds of training, and its relative improvement from the middle third's mean to the last third's ("near
+  plateau" below 10 %); also for a study of one model size;
 * (d) whether the held-out prediction of the largest model (`analyze --holdout K`, `analysis.predict`)
   held, in one line per family.
 
@@ -37,9 +38,8 @@ from analysis.scaling import families, variants
 LEVEL = 0.95
 CORRELATION_AXES = ("gflops_g", "train_flops")
 WARMUP_FRACTION = 0.1     # (b): comparisons only at steps > 0.1 x total steps
-PLATEAU_WINDOW = 1 / 3    # (c): the relative improvement over the last third of training
+PLATEAU_WINDOW = 1 / 3    # (c): the relative improvement from the middle third of training to the last
 PLATEAU_THRESHOLD = 0.10  # (c): "near plateau" below 10 %
-LAST_EVALS = 3            # (c): the seed-mean metric at the last 3 intermediate evaluations
 SAMPLES_KEY = "eval_samples"
 PAPER_R = -0.95
 
@@ -192,8 +192,10 @@ def _ci_pct(ci: list[float] | tuple[float, float]) -> str:
 # --- (c) plateau of the smallest model -----------------------------------------------------------------------
 def plateau_claim(evals: pd.DataFrame, trials: pd.DataFrame, lower_is_better: bool, *, n_boot: int,
                   rng: np.random.Generator) -> dict[str, Any]:
-    """The smallest model's (least gflops_g) seed-mean metric at its last intermediate evaluations, and its relative
-    improvement from the last intermediate evaluation at or before 2/3 of training to the last one."""
+    """The smallest model's (least gflops_g) relative improvement from the middle third of training to the last:
+    (m_mid - m_last) / m_mid, where m_w is the seed mean of each trial's mean over its intermediate evaluations in
+    window w.  Window means, because a GAN's fd swings by tens of per cent between neighbouring evaluations
+    (docs/results/cpu-scaling-pilot.md): two single evaluations decide nothing."""
     g = pd.to_numeric(trials["gflops_g"], errors="coerce")
     smallest = trials[g == g.min()]
     if smallest.empty:
@@ -212,31 +214,30 @@ def plateau_claim(evals: pd.DataFrame, trials: pd.DataFrame, lower_is_better: bo
     out.update({"samples": float(samples), "total_steps": total})
     if table.empty:
         return {**out, "verdict": "not measurable", "why": "no intermediate step common to its trials"}
+    lo, hi = total * (1 - 2 * PLATEAU_WINDOW), total * (1 - PLATEAU_WINDOW)
+    middle = [s for s in table.index if lo < s <= hi]
+    last = [s for s in table.index if s > hi]
     mean = table.mean(axis=1)
-    last = table.index[-LAST_EVALS:]
-    out["last_evaluations"] = [{"step": int(s), "mean": float(mean[s]), "min": float(table.loc[s].min()),
-                                "max": float(table.loc[s].max())} for s in last]
-    start_at = total * (1 - PLATEAU_WINDOW)
-    before = [s for s in table.index if s <= start_at]
-    end = table.index[-1]
-    if not before or before[-1] >= end:
+    out["evaluations"] = [{"step": int(s), "window": "middle third" if s in middle else "last third",
+                           "mean": float(mean[s]), "min": float(table.loc[s].min()), "max": float(table.loc[s].max())}
+                          for s in middle + last]
+    if not middle or not last:
         return {**out, "verdict": "not measurable",
-                "why": f"no intermediate evaluation at or before step {start_at:g} and another after it"}
-    start = before[-1]
+                "why": f"no intermediate evaluation in steps ({lo:g}, {hi:g}] and another after step {hi:g}"}
 
-    def improvement(values: np.ndarray) -> np.ndarray:  # rows: (start, end) means
+    def improvement(values: np.ndarray) -> np.ndarray:  # rows: (middle, last) window means
         a, b = values[..., 0], values[..., 1]
         with np.errstate(invalid="ignore", divide="ignore"):
             return (a - b) / a if lower_is_better else (b - a) / a
 
-    pair = table.loc[[start, end]].to_numpy(float).T  # (trials, 2)
+    pair = np.stack([table.loc[middle].mean(axis=0), table.loc[last].mean(axis=0)], axis=1)  # (trials, 2)
     rel = float(improvement(pair.mean(axis=0)))
     idx = bootstrap_indices(len(pair), n_boot, rng)
     boot = improvement(pair[idx].mean(axis=1)) if n_boot else np.empty(0)
     verdict = "near plateau" if rel < PLATEAU_THRESHOLD else "still improving"
-    return {**out, "from_step": int(start), "to_step": int(end), "mean_from": float(mean[start]),
-            "mean_to": float(mean[end]), "relative_improvement": rel, "ci95": list(percentile_interval(boot, LEVEL)),
-            "verdict": verdict}
+    return {**out, "middle_steps": [int(s) for s in middle], "last_steps": [int(s) for s in last],
+            "mean_middle": float(pair[:, 0].mean()), "mean_last": float(pair[:, 1].mean()),
+            "relative_improvement": rel, "ci95": list(percentile_interval(boot, LEVEL)), "verdict": verdict}
 
 
 # --- (d) the held-out prediction of the largest model ------------------------------------------------------------
@@ -280,7 +281,8 @@ class Claims:
     n_used: int
     n_unhealthy_left_out: int
     groups: list[dict[str, Any]] = field(default_factory=list)
-    single_size: list[str] = field(default_factory=list)  # groups left out: one model size, no claim to test
+    single_size: list[str] = field(default_factory=list)  # groups of one model size: only (c) to test
+    single_size_plateau: dict[str, dict[str, Any]] = field(default_factory=dict)  # group -> (c) of its one size
     pairs: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)  # group -> the per-pair table
     prediction: list[str] = field(default_factory=list)
 
@@ -300,12 +302,11 @@ class Claims:
                              f"counts from {self.samples_source}. 95 % interval: {self.n_boot} bootstrap resamples "
                              "of seeds (every comparison of a seed drawn k times counts k times), or of trials with a "
                              "single seed",
-            "plateau": f"the smallest model (least gflops_g): seed-mean {self.metric} at its last {LAST_EVALS} "
-                       "intermediate evaluations (steps every seed evaluated), and its relative improvement from the "
-                       f"last intermediate evaluation at or before {1 - PLATEAU_WINDOW:.3g} x total steps to the last "
-                       "intermediate one (the final evaluation uses another sample count); verdict \"near plateau\" "
-                       f"when that improvement is below {PLATEAU_THRESHOLD:.0%}; 95 % interval from "
-                       f"{self.n_boot} bootstrap resamples of its seeds",
+            "plateau": f"the smallest model (least gflops_g): its relative improvement from the middle third of "
+                       "training to the last, each third's value the seed mean of each trial's mean over its "
+                       "intermediate evaluations there (steps every seed evaluated; the final evaluation uses "
+                       "another sample count); verdict \"near plateau\" when that improvement is below "
+                       f"{PLATEAU_THRESHOLD:.0%}; 95 % interval from {self.n_boot} bootstrap resamples of its seeds",
             "prediction": "`analyze --holdout K` (analysis.predict): the K largest training-compute values held "
                           "out, the law fitted on the rest, 95 % prediction interval from the fit's bootstrap and "
                           "its resampled residuals",
@@ -316,7 +317,7 @@ class Claims:
                           "bootstrap": {"resamples": self.n_boot, "seed": self.seed},
                           "paper_r": PAPER_R, "n_used": self.n_used,
                           "unhealthy_left_out": self.n_unhealthy_left_out, "method": self.method(),
-                          "single_size_groups": self.single_size,
+                          "single_size_groups": self.single_size, "single_size_plateau": self.single_size_plateau,
                           "groups": [{**g, "pairs": self.pairs[g["group"]].to_dict(orient="records")}
                                      for g in self.groups],
                           "prediction_of_the_largest": self.prediction})
@@ -331,10 +332,11 @@ def scaling_claims(history: pd.DataFrame, usable: pd.DataFrame, metric: str, swi
     claims = Claims(metric=metric, lower_is_better=lower_is_better, n_boot=n_boot, seed=seed, samples_source=source,
                     n_used=len(usable), n_unhealthy_left_out=n_unhealthy_left_out)
     for group, trials in claim_groups(usable, switches):
-        if pd.to_numeric(trials["gflops_g"], errors="coerce").nunique() == 1:
-            claims.single_size.append(group)  # one model size: nothing to compare
-            continue
         mine = evals[evals["run_id"].isin(trials["run_id"])]
+        if pd.to_numeric(trials["gflops_g"], errors="coerce").nunique() == 1:
+            claims.single_size.append(group)  # one model size: nothing to compare, but it has a plateau or not
+            claims.single_size_plateau[group] = plateau_claim(mine, trials, lower_is_better, n_boot=n_boot, rng=rng)
+            continue
         comp = comparisons(mine, lower_is_better)
         seeds = sorted(set(trials["train.seed"].map(fmt_value))) if "train.seed" in trials else ["—"]
         unit = "seed" if len(seeds) > 1 else "trial"
@@ -357,8 +359,10 @@ def claims_markdown(claims: Claims, md_table: Any, curves_link: str = "") -> str
     better = "lower" if claims.lower_is_better else "higher"
     left = (f"; {claims.n_unhealthy_left_out} unhealthy trial{'s' if claims.n_unhealthy_left_out != 1 else ''} left "
             "out (named under Notes)" if claims.n_unhealthy_left_out else "; no trial left out as unhealthy")
-    single = (f"No claim for {', '.join(claims.single_size)}: one model size each, and every claim compares "
-              "sizes.\n") if claims.single_size else ""
+    single = (f"No claim that compares sizes for {', '.join(claims.single_size)}: one model size each.\n"
+              if claims.single_size else "")
+    single += "".join(_plateau_md(p, claims.metric, md_table, f"{group}: ")
+                      for group, p in claims.single_size_plateau.items())
     if not claims.groups:
         return "\n".join(["## Scaling claims\n", single or "No group of trials to test a claim on.\n"]) + "\n"
     md = ["## Scaling claims\n",
@@ -394,13 +398,7 @@ def claims_markdown(claims: Claims, md_table: Any, curves_link: str = "") -> str
                f"{_n(units, g['bootstrap_unit'])}{coarse}; 0.5 = no relation, 1 = larger always better):\n",
                md_table(pd.DataFrame(rows, columns=["comparisons", "larger better", "fraction", "95 % CI"])),
                "\nPer pair of sizes:\n", md_table(claims.pairs[g["group"]])]
-        p = g["plateau"]
-        md.append(f"\n(c) plateau of the smallest model, {p['size']} ({_n(p['trials'], 'trial')}): "
-                  + (_plateau_text(p, claims.metric) if "relative_improvement" in p else
-                     f"**{p['verdict']}**: {p.get('why', '')}") + "\n")
-        if p.get("last_evaluations"):
-            md.append(md_table(pd.DataFrame(p["last_evaluations"]).rename(
-                columns={"mean": f"seed-mean {claims.metric}", "min": "min", "max": "max"})))
+        md.append(_plateau_md(g["plateau"], claims.metric, md_table))
     md += ["\n(d) held-out prediction of the largest model:\n", *[f"- {line}" for line in claims.prediction], ""]
     if curves_link:
         md += [f"{claims.metric} against step per size (seed mean, min–max band over seeds; the final evaluation, "
@@ -413,10 +411,23 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def _plateau_md(p: dict[str, Any], metric: str, md_table: Any, prefix: str = "") -> str:
+    """(c) as a line and the table of the seed-mean evaluations it averaged."""
+    line = (f"\n(c) {prefix}plateau of the smallest model, {p['size']} ({_n(p['trials'], 'trial')}): "
+            + (_plateau_text(p, metric) if "relative_improvement" in p else f"**{p['verdict']}**: {p.get('why', '')}")
+            + "\n")
+    table = pd.DataFrame(p.get("evaluations", []))
+    if table.empty:
+        return line
+    return line + md_table(table.rename(columns={"mean": f"seed-mean {metric}"}))
+
+
 def _plateau_text(p: dict[str, Any], metric: str) -> str:
-    return (f"seed-mean {metric} {fmt_num(p['mean_from'])} at step {p['from_step']} -> {fmt_num(p['mean_to'])} at "
-            f"step {p['to_step']} (intermediate evaluations, {fmt_value(p['samples'])} samples; "
-            f"{fmt_value(p['total_steps'])} "
-            f"steps in all): relative improvement {p['relative_improvement']:.1%} (95 % CI "
-            f"{_ci_pct(p['ci95'])}) over the last third: **{p['verdict']}** (rule: near plateau below "
-            f"{PLATEAU_THRESHOLD:.0%})")
+    def steps(xs: list[int]) -> str:
+        return f"step {xs[0]}" if len(xs) == 1 else f"steps {xs[0]}–{xs[-1]}"
+
+    return (f"seed-mean {metric} {fmt_num(p['mean_middle'])} over the middle third ({steps(p['middle_steps'])}) -> "
+            f"{fmt_num(p['mean_last'])} over the last third ({steps(p['last_steps'])}; intermediate evaluations, "
+            f"{fmt_value(p['samples'])} samples; {fmt_value(p['total_steps'])} steps in all): relative improvement "
+            f"{p['relative_improvement']:.1%} (95 % CI {_ci_pct(p['ci95'])}): **{p['verdict']}** (rule: near "
+            f"plateau below {PLATEAU_THRESHOLD:.0%})")

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.claims import comparisons, evaluations, scaling_claims
+from analysis.claims import claims_markdown, comparisons, evaluations, scaling_claims
 from analysis.load import load_studies
+from analysis.render import values_table
 from analysis.report import write_report
 from analysis.select import primary_metric, select_trials
 from analysis.synthetic import SyntheticTrial, log_study, power_law_trials, synthetic_trial
@@ -78,6 +79,14 @@ def _plateau() -> list[SyntheticTrial]:
                             diversity=0.9, health="ok") for w in (32, 64, 128) for s in (0, 1)]
 
 
+def _zigzag() -> list[SyntheticTrial]:
+    """One size, 3 seeds, 1200 steps: flat, but every other evaluation 25 % above the level and the others 25 %
+    below (fd swings like that between neighbouring evaluations of a real GAN), so two single evaluations
+    (step 800 high, step 1100 low) would say "still improving" by 40 %."""
+    return [synthetic_trial(16, 4, 4, 40.0, seed=s, steps=1200, curve=lambda p: 1.0 + 0.25 * (-1) ** round(12 * p),
+                            diversity=0.9, health="ok") for s in (0, 1, 2)]
+
+
 def _mixed_samples() -> list[SyntheticTrial]:
     """3 sizes x 2 seeds, larger always better; the largest trial of seed 0 carries a 1000-sample evaluation at
     step 200 (the final one of an earlier, shorter run it was extended from), much worse than the others: it must
@@ -98,6 +107,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
                                          health="ok"))
     _write(uri, "plateau", _plateau())
     _write(uri, "mixed-samples", _mixed_samples())
+    _write(uri, "zigzag", _zigzag())
     _write(uri, "one-seed", power_law_trials(4, a=5.0, b=0.4, noise=0.01, seeds=(0,), rng_seed=2, diversity=0.9))
     return uri
 
@@ -142,9 +152,9 @@ def test_a_monotone_study_gives_fraction_one_and_r_near_minus_one(store: str) ->
     assert len(pairs) == 15 and (pairs["intermediate_n"] == 9).all() and (pairs["final_n"] == 3).all()
     assert (pairs["intermediate_fraction"] == 1.0).all() and (pairs["gflops_ratio"] > 1).all()
     p = g["plateau"]  # the default curve 1 + 3 (1 - progress)^2: 1.75 at step 200, 1.1875 at step 300
-    assert (p["from_step"], p["to_step"], p["samples"]) == (200, 300, 500.0) and p["trials"] == 3
+    assert (p["middle_steps"], p["last_steps"], p["samples"]) == ([200], [300], 500.0) and p["trials"] == 3
     assert p["relative_improvement"] == pytest.approx(1 - 1.1875 / 1.75, rel=1e-3)
-    assert p["verdict"] == "still improving" and [e["step"] for e in p["last_evaluations"]] == [100, 200, 300]
+    assert p["verdict"] == "still improving" and [e["step"] for e in p["evaluations"]] == [200, 300]
 
 
 def test_a_study_without_scaling_gives_intervals_around_no_relation(store: str) -> None:
@@ -170,6 +180,18 @@ def test_a_flattened_curve_is_near_plateau(store: str) -> None:
     p = _group(claims)["plateau"]
     assert p["size"] == "w32-d4" and p["trials"] == 2 and p["verdict"] == "near plateau"
     assert abs(p["relative_improvement"]) < 1e-3
+
+
+def test_the_plateau_compares_window_means_not_two_noisy_evaluations_and_holds_for_one_size(store: str) -> None:
+    _, _, claims = _claims(store, "zigzag")
+    assert claims.groups == [] and claims.single_size == ["all"]
+    p = claims.single_size_plateau["all"]
+    assert p["middle_steps"] == [500, 600, 700, 800] and p["last_steps"] == [900, 1000, 1100]
+    assert p["mean_middle"] == pytest.approx(40.0) and p["mean_last"] == pytest.approx(40.0 * 2.75 / 3)
+    assert p["relative_improvement"] == pytest.approx(1 - 2.75 / 3) and p["verdict"] == "near plateau"
+    assert [e["window"] for e in p["evaluations"]] == ["middle third"] * 4 + ["last third"] * 3
+    text = claims_markdown(claims, values_table)
+    assert "(c) all: plateau of the smallest model, w16-d4 (3 trials)" in text and "**near plateau**" in text
 
 
 def test_evaluations_of_different_sample_counts_are_never_compared(store: str) -> None:
