@@ -5,8 +5,8 @@
 * (b) **larger is better at the same step**: over all pairs of trials of different `gflops_g` and the same
   seed, at every evaluation step common to both after the first 10 % of training, the fraction of
   comparisons the larger model wins, overall and per pair of sizes, with a bootstrap over seeds;
-* (c) **plateau of the smallest model**: its seed-mean metric at the intermediate evaluations of the last two
-  thirds of training, and its relative improvement from the middle third's mean to the last third's ("near
+* (c) **plateau of the smallest model**: its seed-mean metric at every intermediate evaluation after step 0,
+  and its relative improvement from the middle third's mean to the last third's ("near
   plateau" below 10 %); also for a study of one model size;
 * (d) whether the held-out prediction of the largest model (`analyze --holdout K`, `analysis.predict`)
   held, in one line per family.
@@ -218,9 +218,9 @@ def plateau_claim(evals: pd.DataFrame, trials: pd.DataFrame, lower_is_better: bo
     middle = [s for s in table.index if lo < s <= hi]
     last = [s for s in table.index if s > hi]
     mean = table.mean(axis=1)
-    out["evaluations"] = [{"step": int(s), "window": "middle third" if s in middle else "last third",
-                           "mean": float(mean[s]), "min": float(table.loc[s].min()), "max": float(table.loc[s].max())}
-                          for s in middle + last]
+    out["evaluations"] = [{"step": int(s), "window": "middle third" if s in middle else "last third" if s in last
+                           else "first third", "mean": float(mean[s]), "min": float(table.loc[s].min()),
+                           "max": float(table.loc[s].max())} for s in table.index if s > 0]
     if not middle or not last:
         return {**out, "verdict": "not measurable",
                 "why": f"no intermediate evaluation in steps ({lo:g}, {hi:g}] and another after step {hi:g}"}
@@ -412,14 +412,14 @@ def _n(count: int, noun: str) -> str:
 
 
 def _plateau_md(p: dict[str, Any], metric: str, md_table: Any, prefix: str = "") -> str:
-    """(c) as a line and the table of the seed-mean evaluations it averaged."""
+    """(c) as a line and the table of the smallest model's seed-mean intermediate evaluations (step 0 left out)."""
     line = (f"\n(c) {prefix}plateau of the smallest model, {p['size']} ({_n(p['trials'], 'trial')}): "
             + (_plateau_text(p, metric) if "relative_improvement" in p else f"**{p['verdict']}**: {p.get('why', '')}")
             + "\n")
     table = pd.DataFrame(p.get("evaluations", []))
     if table.empty:
         return line
-    return line + md_table(table.rename(columns={"mean": f"seed-mean {metric}"}))
+    return line + "\n" + md_table(table.rename(columns={"mean": f"seed-mean {metric}"}))
 
 
 def _plateau_text(p: dict[str, Any], metric: str) -> str:

@@ -154,7 +154,7 @@ def test_a_monotone_study_gives_fraction_one_and_r_near_minus_one(store: str) ->
     p = g["plateau"]  # the default curve 1 + 3 (1 - progress)^2: 1.75 at step 200, 1.1875 at step 300
     assert (p["middle_steps"], p["last_steps"], p["samples"]) == ([200], [300], 500.0) and p["trials"] == 3
     assert p["relative_improvement"] == pytest.approx(1 - 1.1875 / 1.75, rel=1e-3)
-    assert p["verdict"] == "still improving" and [e["step"] for e in p["evaluations"]] == [200, 300]
+    assert p["verdict"] == "still improving" and [e["step"] for e in p["evaluations"]] == [100, 200, 300]
 
 
 def test_a_study_without_scaling_gives_intervals_around_no_relation(store: str) -> None:
@@ -189,7 +189,7 @@ def test_the_plateau_compares_window_means_not_two_noisy_evaluations_and_holds_f
     assert p["middle_steps"] == [500, 600, 700, 800] and p["last_steps"] == [900, 1000, 1100]
     assert p["mean_middle"] == pytest.approx(40.0) and p["mean_last"] == pytest.approx(40.0 * 2.75 / 3)
     assert p["relative_improvement"] == pytest.approx(1 - 2.75 / 3) and p["verdict"] == "near plateau"
-    assert [e["window"] for e in p["evaluations"]] == ["middle third"] * 4 + ["last third"] * 3
+    assert [e["window"] for e in p["evaluations"]] == ["first third"] * 4 + ["middle third"] * 4 + ["last third"] * 3
     text = claims_markdown(claims, values_table)
     assert "(c) all: plateau of the smallest model, w16-d4 (3 trials)" in text and "**near plateau**" in text
 
