@@ -319,27 +319,38 @@ class TrialLogger:
             self.buffer += [Metric(k, float(v), now, step) for k, v in fresh.items()]
             self.pending_through = max(self.pending_through, step)
         if time.monotonic() - self.last_flush >= self.flush_seconds:
-            self.flush()
+            self.flush(complete=False)
 
-    def flush(self) -> bool:
-        """Send the buffer; keep it on failure (retried at the next flush)."""
+    def flush(self, complete: bool = True) -> bool:
+        """Send the buffer; keep it on failure (retried at the next flush).
+
+        A flush by the clock (`complete=False`) holds back the newest step: more of it may still come (the
+        evaluation that follows a step's losses), and a restart skips every step up to `logged_through_step`,
+        so a step is sent, and marked, only once all of it is buffered.  The trainer's persist and final
+        events, and `finish`, flush everything."""
         self.last_flush = time.monotonic()
-        if not self.buffer:
-            return True
+        held: list[Metric] = []
+        end = self.pending_through
+        if not complete and self.buffer:
+            end = max(m.step for m in self.buffer) - 1
+            held = [m for m in self.buffer if m.step > end]
+            self.buffer = [m for m in self.buffer if m.step <= end]
         try:
             while self.buffer:
                 chunk, rest = self.buffer[:_MAX_BATCH], self.buffer[_MAX_BATCH:]
-                # the buffer is in step order: after this chunk every step before the rest's first is complete.
-                # The tag travels in the chunk's own log_batch (one transaction), so a failed write can leave
-                # neither metrics without their tag (logged again after a restart) nor a tag without metrics
-                through = rest[0].step - 1 if rest else self.pending_through
+                # after this chunk every step before the rest's first is complete.  The tag travels in the
+                # chunk's own log_batch (one transaction), so a failed write can leave neither metrics without
+                # their tag (logged again after a restart) nor a tag without metrics
+                through = rest[0].step - 1 if rest else end
                 self.client.log_batch(self.run_id, metrics=chunk,
                                       tags=[RunTag("logged_through_step", str(max(through, self.logged_through)))])
                 self.buffer, self.logged_through = rest, max(through, self.logged_through)
             return True
         except Exception as exc:  # server down, sqlite locked: try again later
-            log.warning("MLflow logging failed (%s); %d metrics kept for retry", exc, len(self.buffer))
+            log.warning("MLflow logging failed (%s); %d metrics kept for retry", exc, len(self.buffer) + len(held))
             return False
+        finally:
+            self.buffer += held
 
     def artifact(self, path: Path, artifact_path: str | None = None) -> None:
         try:

@@ -75,3 +75,26 @@ def test_a_flush_that_fails_halfway_leaves_a_tag_that_matches_the_stored_steps(t
     for key in ("loss_d", "loss_g", "lr_g"):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(1, 401))
     assert client.get_run(run_id).data.tags["logged_through_step"] == "400"
+
+
+def test_a_step_still_being_evaluated_when_the_trial_died_is_logged_in_full_after_the_restart(tmp_path):
+    """Seen in a real study: a flush by the clock sent step 800's losses and marked 800 logged, the trial died
+    during step 800's evaluation, and the restart (from the step-700 checkpoint) skipped step 800, fd and all."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("held")).info.run_id
+    logger = TrialLogger(uri, run_id, flush_seconds=0)  # the clock flushes at every call
+    logger.log(790, {"loss_d": 0.5})
+    logger.log(800, {"loss_d": 0.4})  # ... and the process dies while step 800 is evaluated
+    assert client.get_run(run_id).data.tags["logged_through_step"] == "799"  # 800 held back, not marked
+
+    restarted = TrialLogger(uri, run_id, flush_seconds=0)  # resumed from the step-700 checkpoint
+    for step in range(710, 800, 10):
+        restarted.log(step, {"loss_d": 0.5})
+    restarted.log(800, {"loss_d": 0.4})
+    restarted.log(800, {"fd_classifier": 12.0})
+    restarted.log(810, {"loss_d": 0.3})
+    restarted.finish("completed", 810)
+    assert [m.step for m in client.get_metric_history(run_id, "loss_d")] == [790, 800, 810]  # none twice
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "fd_classifier")] == [(800, 12.0)]
+    assert client.get_run(run_id).data.tags["logged_through_step"] == "810"
