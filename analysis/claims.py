@@ -57,11 +57,15 @@ def claim_groups(usable: pd.DataFrame, switches: Iterable[str]) -> Iterator[tupl
 # --- the evaluations ----------------------------------------------------------------------------------------
 def total_steps(trials: pd.DataFrame) -> pd.Series:
     """Steps each trial was asked for: the `steps` param (resolved, budgets included), else `train.steps`, else
-    the step it finished at."""
+    the step it finished at; the step it finished at where that is more, since a trial extended by a later `run`
+    keeps the params of its first (MLflow params never change)."""
     out = pd.Series(np.nan, index=trials.index)
-    for col in ("steps", "train.steps", "final_step"):
+    for col in ("steps", "train.steps"):
         if col in trials:
             out = out.fillna(pd.to_numeric(trials[col], errors="coerce"))
+    if "final_step" in trials:
+        out = pd.Series(np.fmax(out.to_numpy(float), pd.to_numeric(trials["final_step"], errors="coerce")
+                                .to_numpy(float)), index=trials.index)
     return out
 
 

@@ -15,9 +15,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from analysis.claims import claims_markdown, comparisons, evaluations, scaling_claims
+from analysis.claims import claims_markdown, comparisons, evaluations, scaling_claims, total_steps
 from analysis.load import load_studies
 from analysis.render import values_table
 from analysis.report import write_report
@@ -265,3 +266,10 @@ def test_no_log_leaves_the_store_as_it_was(store: str, tmp_path: Path) -> None:
     assert args.func(args) == 0 and (tmp_path / "report.md").exists()
     parent = load_studies(store, "one-seed").parents["one-seed"]
     assert not MlflowClient(tracking_uri=store).list_artifacts(parent, "analysis")
+
+
+def test_an_extended_trial_counts_the_steps_it_finished_at_not_its_first_params() -> None:
+    """MLflow params never change: a trial extended from 600 to 1200 steps still has steps=600 in them."""
+    trials = pd.DataFrame({"steps": ["600", "600", None, "400"], "train.steps": ["600", "600", "300", "400"],
+                           "final_step": [1200, 600, 300, 250]})  # extended, as asked, no `steps`, diverged at 250
+    assert total_steps(trials).tolist() == [1200.0, 600.0, 300.0, 400.0]
