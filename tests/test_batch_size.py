@@ -131,7 +131,7 @@ def test_the_report_has_a_batch_section_only_in_a_batch_study(batch_store: str, 
     assert json.loads((tmp_path / "batch" / "fits.json").read_text())["batch_size"]["critical_batch"] is not None
     # one model size per batch size: the scaling claims, which compare sizes, have nothing to test
     assert report.claims.groups == [] and len(report.claims.single_size) == len(BATCHES)
-    assert "No claim for" in text and "(a) Pearson correlation" not in text
+    assert "No claim that compares sizes for" in text and "(a) Pearson correlation" not in text
 
     uri = f"sqlite:///{tmp_path / 'sizes.db'}"
     log_study(uri, "sizes", power_law_trials(6))
