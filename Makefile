@@ -39,6 +39,9 @@ results: setup
 	@status=0; for study in $(STUDIES); do $(VENV)/bin/gat-study run $$study || status=1; done; \
 	$(PAGES); exit $$status
 
+# only the studies that already have a page: a study whose store holds no run of its file as it now stands
+# (the quickstart, lr-sweep and photos were redesigned after their runs) has nothing to rebuild
+results-pages: STUDIES := $(foreach s,$(STUDIES),$(if $(wildcard docs/results/$(basename $(notdir $(s))).md),$(s)))
 results-pages: setup
 	@status=0; $(PAGES); exit $$status
 
