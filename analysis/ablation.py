@@ -190,12 +190,12 @@ def block_util_table(trials: pd.DataFrame, switch: str, keys: list[str], *, base
                                                   kind="stable")["_c"]
     parts, contexts = [], []
     for ctx in dict.fromkeys(order):
+        rows = trials[context == ctx]
+        rows = rows.assign(_value=rows[switch].map(fmt_value))
         for key in keys:
             label = (f"{ctx} " if several else "") + f"block {key[11:]}"
             contexts.append(label)
-            rows = trials[context == ctx]
-            parts.append(rows.assign(_value=rows[switch].map(fmt_value), _context=label,
-                                     _y=rows[key].astype(float)).dropna(subset=["_y"]))
+            parts.append(rows.assign(_context=label, _y=rows[key].astype(float)).dropna(subset=["_y"]))
     frame = pd.concat(parts, ignore_index=True)
     base = baseline if baseline is not None else baseline_value(trials, switch)
     table = _table(frame, switch, "block utilisation of G", base, False, contexts)
