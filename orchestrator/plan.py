@@ -19,6 +19,7 @@ from orchestrator.study import Study, Trial
 
 MIN_BUDGET_STEPS = 50  # a flops budget that leaves fewer steps trains too little to say anything
 MIN_FIT_VALUES = 3     # distinct compute values a power-law fit needs to be checkable (2 points fit any line)
+FIT_VALUE_TOLERANCE = 0.05  # compute values closer than this (relative) count as one (a budget's rounded steps)
 GB = 1e9               # memory is reported in GB = 10^9 bytes, as accelerator datasheets count it
 
 UNITS = {
@@ -156,19 +157,35 @@ def plan_warnings(study: Study, rows: list[dict[str, Any]]) -> list[str]:
     if beyond:
         r = beyond[0]
         warnings.append(f"{len(beyond)} trials have trained past the steps the study now asks for (e.g. {r['name']}: "
-                        f"{r['steps_done']} > {r['steps']}); their results in MLflow are at the longer length")
+                        f"{r['steps_done']} > {r['steps']}); `run` refuses to shorten a trial: set the length back "
+                        "to at least what they trained, or run the shorter study under another name or output_dir")
     by_family: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_family[r["family"]].append(r)
     for family, members in by_family.items():
-        distinct = {name: len({float(f"{r[key]:.6g}") for r in members})
+        distinct = {name: distinct_values([r[key] for r in members])
                     for name, key in (("training-compute", "train_flops"), ("model-size (GFLOPs)", "gflops_g"))}
         few = [f"{n} {name}" for name, n in distinct.items() if n < MIN_FIT_VALUES]
         if few:
             warnings.append(f"family {family}: only {' and '.join(few)} value{'s' if len(members) > 1 else ''} among "
                             f"{len(members)} trial{'s' if len(members) > 1 else ''}: a power-law fit against it needs "
                             f"at least {MIN_FIT_VALUES} distinct values; add sizes, steps or budgets")
+    iso = study.config.isoflop
+    if iso is not None and len(iso.budgets) < MIN_FIT_VALUES:  # (its sizes are validated to be at least 3)
+        warnings.append(f"isoflop: {len(iso.budgets)} budgets x {len(iso.sizes)} sizes: each budget has its optimum, "
+                        f"but the laws N_opt(C) and metric_opt(C) through them need at least {MIN_FIT_VALUES} "
+                        "budgets; add budgets")
     return warnings
+
+
+def distinct_values(values: list[float], rel: float = FIT_VALUE_TOLERANCE) -> int:
+    """How many values are apart by more than `rel` of their size: the trials of one flops budget have
+    slightly different compute (each one's steps are rounded down), but they are one point of a fit."""
+    count, last = 0, None
+    for v in sorted(values):
+        if last is None or v > last * (1 + rel):
+            count, last = count + 1, v
+    return count
 
 
 def si_units(x: float, digits: int = 2) -> str:

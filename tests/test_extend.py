@@ -179,6 +179,11 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
+def stamped_history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float, int]]:
+    """(step, value, the time MLflow stored it): a step trained again would be logged again, later."""
+    return [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key)]
+
+
 def checkpoint_stamps(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted((out / "trials").glob("*/checkpoints/*.pt"))}
 
@@ -195,7 +200,9 @@ def grown(tmp_path_factory, ray_session):
     client = MlflowClient(study.config.tracking_uri)
     runs = children(client, "grow")
     before = {tid: history(client, r.info.run_id, "loss_d") for tid, r in runs.items()}
-    return {"spec": spec, "path": path, "study": study, "client": client, "runs": runs, "loss_d_at_6": before}
+    logged = {tid: stamped_history(client, r.info.run_id, "loss_d") for tid, r in runs.items()}
+    return {"spec": spec, "path": path, "study": study, "client": client, "runs": runs, "loss_d_at_6": before,
+            "loss_d_logged_at_6": logged, "checkpoints_at_6": checkpoint_stamps(study.config.out)}
 
 
 def rerun(grown: dict, change: dict | None = None):
@@ -212,6 +219,9 @@ def test_raising_steps_continues_each_trial_in_its_run(grown):
     assert {o.step for o in run_study(first, quiet=True)} == {6}  # the same file again: nothing to do
     study, outcomes = rerun(grown, {"train": {"steps": 12}})
     assert [t.trial_id for t in study.trials] == [t.trial_id for t in first.trials]
+    after = checkpoint_stamps(first.config.out)
+    assert all(after[name] == stamp for name, stamp in grown["checkpoints_at_6"].items() if name in after)
+    assert len(after) >= len(grown["checkpoints_at_6"]) and set(after) != set(grown["checkpoints_at_6"])
     assert [(o.status, o.step) for o in outcomes] == [("completed", 12), ("completed", 12)]
     runs = children(client, "grow")
     assert {tid: r.info.run_id for tid, r in runs.items()} == {tid: r.info.run_id for tid, r in grown["runs"].items()}
@@ -225,6 +235,9 @@ def test_raising_steps_continues_each_trial_in_its_run(grown):
             steps = Counter(s for s, _ in history(client, run_id, key))
             assert max(steps.values()) == 1, (key, steps)
         assert history(client, run_id, "resumed_from_step") == [(6, 6.0)]  # trained steps 7..12 only
+        # Extending costs the new steps only, not a run from scratch to 12: steps 1..6 are the first run's
+        # records, stored when it ran (not trained and logged again), and its checkpoints were not rewritten
+        assert [m for m in stamped_history(client, run_id, "loss_d") if m[0] <= 6] == grown["loss_d_logged_at_6"][tid]
         tags = run.data.tags
         assert tags["status"] == "completed" and tags["final_step"] == "12" and run.info.status == "FINISHED"
         assert tags["logged_through_step"] == "12" and tags["health"] in ("ok", "collapsed", "diverged")

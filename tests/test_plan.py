@@ -95,7 +95,8 @@ def test_states_and_remaining_compute_from_the_runs_the_runner_writes(tmp_path, 
     assert plan["total_remaining_train_macs"] == per_step * 34
     assert plan["total_train_flops"] == per_step * 12 * 7  # the total is the configured steps, whatever is done
     assert plan["store"]["found"] is True and "6 of 7 trials have runs" in plan["store"]["note"]
-    assert any("trained past the steps the study now asks for" in w and "14 > 12" in w for w in plan["warnings"])
+    assert any("trained past the steps the study now asks for" in w and "14 > 12" in w and "`run` refuses" in w
+               for w in plan["warnings"])
     assert main(["plan", str(path)]) == 0
     text = capsys.readouterr().out
     assert "extend (6 -> 12)" in text and "still to spend" in text
@@ -380,6 +381,27 @@ def test_fewer_than_three_compute_values_is_a_warning(tmp_path, capsys):
     assert len(seeds) == 1 and "only 1 training-compute and 1 model-size" in seeds[0]
     steps = _warnings(capsys, study_file(tmp_path, "steps", grid={"train.steps": [6, 12, 24]}))
     assert len(steps) == 1 and "model-size" in steps[0] and "training-compute" not in steps[0]
+
+
+def _isoflop_file(tmp_path: Path, name: str, budgets: list[float], widths: list[int]) -> Path:
+    spec = tiny_study(name, tmp_path / "out")
+    spec["train"] = {k: v for k, v in spec["train"].items() if k != "steps"}
+    spec["eval"]["interval"] = 1
+    spec["isoflop"] = {"budgets": budgets, "sizes": {"model.width": widths}}
+    spec.pop("grid", None)
+    return write_study(tmp_path / f"{name}.yaml", spec)
+
+
+def test_an_isoflop_study_of_two_budgets_is_a_warning_though_its_steps_differ(tmp_path, capsys):
+    # Each trial's steps are its budget rounded down to whole iterations, so the 6 trials of 2 budgets have 6
+    # slightly different training computes: still 2 points for the laws of compute
+    two = plan_json(capsys, _isoflop_file(tmp_path, "iso2", [4e11, 8e11], [16, 24, 32]))
+    assert len({t["train_flops"] for t in two["trials"]}) == 6
+    assert all(t["steps"] >= 50 for t in two["trials"])  # no starved-budget warning in the way
+    assert len(two["warnings"]) == 2, two["warnings"]
+    assert "only 2 training-compute value" in two["warnings"][0] and "model-size" not in two["warnings"][0]
+    assert "isoflop: 2 budgets x 3 sizes" in two["warnings"][1] and "add budgets" in two["warnings"][1]
+    assert _warnings(capsys, _isoflop_file(tmp_path, "iso3", [4e11, 8e11, 1.6e12], [16, 24, 32])) == []
 
 
 # --- the JSON ------------------------------------------------------------------------------------------------------
