@@ -49,9 +49,12 @@ def save_atomic(obj: Any, path: Path) -> Path:
 
 
 def read(path: Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
-    """torch.load with weights_only=True; a CheckpointError naming the file otherwise."""
+    """torch.load with weights_only=True; a CheckpointError naming the file otherwise (and not torch's
+    warning about the pickle protocol of a file that is not one of ours: the error says what was expected)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{what} {path}: file not found") from None
     except Exception as exc:  # truncated zip, pickle of a forbidden type, ...

@@ -123,16 +123,17 @@ def _resumable(out: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
 @torch.no_grad()
 def encode_dataset(source: ImageDataset | EncodeSource, vae_path: Path, out: Path, *, batch_size: int = 64,
                    chunk_size: int = 4096, keep_images: bool = True, config: dict[str, Any] | None = None,
-                   device: str | torch.device = "cpu") -> dict[str, Any]:
+                   device: str | torch.device = "cpu", vae: Any = None) -> dict[str, Any]:
     """Encode every image to its posterior moments, `chunk_size` images at a time, into memory-mappable
-    arrays; returns the metadata written to `out/meta.json`.
+    arrays; returns the metadata written to `out/meta.json`.  `vae`: the AutoencoderKL already loaded from
+    `vae_path` (a caller that checks it before building its images), else it is loaded here.
 
     Run it again after an interruption and it continues after the last complete chunk; unreadable files
     are skipped and listed in the metadata (`skipped`).
     """
     if isinstance(source, ImageDataset):
         source = memory_source(source)
-    vae = load_vae(vae_path, "--vae", device)
+    vae = load_vae(vae_path, "--vae", device) if vae is None else vae.to(device)
     out.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
         "format": FORMAT, "source": config or {"name": source.name}, "vae": str(Path(vae_path).resolve()),

@@ -32,7 +32,7 @@ def resolve_target(study_or_yaml: str, tracking_uri: str | None = None, out_dir:
     if path.suffix in (".yaml", ".yml") and path.exists():
         from orchestrator.study import load_study
 
-        study = load_study(path, overrides)
+        study = load_study(path, overrides, require_files=False)  # reads the store: no weights or data needed
         config = study.config
         return (config.name, tracking_uri or config.tracking_uri, out_dir or config.out / "analysis",
                 {t.trial_id for t in study.trials})

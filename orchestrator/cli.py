@@ -27,7 +27,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from orchestrator.plan import UNITS, Costing, format_plan, plan_rows, plan_warnings, study_cost
     from orchestrator.trial_state import read_states
 
-    study = load_study(args.study, args.overrides, require_files=False)  # a plan needs no weights or data
+    study = load_study(args.study, args.overrides, require_files=False)
+    if study.missing_files and not args.without_files:  # what `run` would refuse is refused here too
+        raise StudyError([*study.missing_files, "(a study whose files are on another machine, e.g. a cluster's: "
+                          "plan it with --without-files; `run` needs them here)"])
     costing = None
     if args.accelerator:
         from orchestrator.accelerators import lookup
@@ -57,7 +60,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(format_plan(study, rows, store, costing, cluster, warnings))
         if study.missing_files:
-            print(f"not runnable on this machine: `gat-study run` refuses until these exist "
+            print(f"not on this machine: `gat-study run` refuses until these exist "
                   f"({len(study.missing_files)}):")
             print("\n".join(f"  {line}" for line in study.missing_files))
     return 0
@@ -99,10 +102,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     from gat_core.config import DataConfig
     from gat_core.data import load_dataset
-    from gat_core.latents import VAE_ENV, VAE_HINT, encode_dataset, folder_source, memory_source
-    from gat_core.weights import resolve_local
+    from gat_core.latents import encode_dataset, folder_source, load_vae, memory_source
 
-    resolve_local(args.vae, VAE_ENV, "--vae", VAE_HINT, folder=True)  # every path is checked before any work
+    vae = load_vae(args.vae, "--vae")  # the VAE is loaded (not only found) before any image is built
     data_cfg = DataConfig(name=args.dataset, resolution=args.resolution, path=args.path,
                           **({"size": args.size} if args.size else {}))
     if data_cfg.name == "folder" and not data_cfg.path.is_dir():
@@ -116,7 +118,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         for w in caught:
             print(f"skipped: {w.message}", file=sys.stderr)
     meta = encode_dataset(source, args.vae, args.out, batch_size=args.batch_size, keep_images=not args.no_images,
-                          config=data_cfg.model_dump(mode="json"))
+                          config=data_cfg.model_dump(mode="json"), vae=vae)
     for note in meta["skipped"][:10]:
         print(f"skipped unreadable file: {note}", file=sys.stderr)
     if len(meta["skipped"]) > 10:
@@ -178,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "bf16 on CUDA); fp32 = full FP32 (torch's default, TF32 off), tf32 = fp32 with TF32 matmuls enabled")
     p.add_argument("--gpus", type=int, metavar="N", help="GPUs of the cluster for the study's wall time (default: "
                    "enough for resources.max_concurrent trials at once)")
+    p.add_argument("--without-files", action="store_true", help="plan a study whose weights or data are on another "
+                   "machine (a cluster's): list them instead of refusing")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("run", help="run (or resume) a study on Ray Tune, logging to MLflow")

@@ -168,7 +168,7 @@ def study_flops_report(path: Path, overrides: list[str], as_json: bool = False, 
     from orchestrator.plan import dataset_classes
     from orchestrator.study import load_study
 
-    study = load_study(path, overrides)
+    study = load_study(path, overrides, require_files=False)  # counts MACs: no weights or data needed
     seen, reports = set(), []
     for trial in study.trials:
         m, d = trial.config.model, trial.config.dataset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import Any, TextIO
@@ -62,9 +63,14 @@ class ProgressTable(tune.Callback):
             lines.append(f"{self.names.get(tid, tid)[:40]:<40} {trial.status.lower():<10} {step:>11} "
                          f"{'-' if value is None else f'{value:.3f}':>14} {'-' if spread is None else f'{spread:.3f}':>9} "
                          f"{row.get('loss_d', float('nan')):>7.3f} {self._eta(tid, row):>7}")
-        # on a terminal the table redraws in place (cursor up over the last table, clear below); in a log, where
-        # nothing can be redrawn, every update is printed in full
+        # on a terminal the table redraws in place (cursor up over the last table, clear below), its lines cut to
+        # the terminal's width (a wrapped line would be two rows, and the cursor would not climb over the whole
+        # table); in a log, where nothing can be redrawn, every update is printed in full
         stream = self._stream or sys.stderr
-        redraw = f"\x1b[{self.printed_lines}F\x1b[J" if self.printed_lines and stream.isatty() else ""
+        tty = stream.isatty()
+        if tty:
+            columns = shutil.get_terminal_size().columns
+            lines = [line[:columns - 1] for line in lines]
+        redraw = f"\x1b[{self.printed_lines}F\x1b[J" if self.printed_lines and tty else ""
         print(redraw + "\n".join(lines), file=stream, flush=True)
         self.printed_lines = len(lines)

@@ -62,7 +62,8 @@ def _newest_checkpoint(*folders: Path) -> Path | None:
 
 
 def run_trial(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[str, str], tracking_uri: str,
-              out_dir: str, cpus: float, rescore: frozenset[str] = frozenset()) -> None:
+              out_dir: str, cpus: float, rescore: frozenset[str] = frozenset(),
+              env: dict[str, tuple[str, str]] | None = None) -> None:
     """Ray Tune function trainable: one single-worker trial from (re)start to its final report (or the
     re-scoring of a finished trial whose id is in `rescore`)."""
     from ray import tune
@@ -72,13 +73,13 @@ def run_trial(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[s
 
     trial_id = config["trial_id"]
     _attempt(trial_id, trials[trial_id], run_ids[trial_id], tracking_uri=tracking_uri, out_dir=out_dir, cpus=cpus,
-             restored=tune.get_checkpoint(), publish=publish, rescore=trial_id in rescore)
+             restored=tune.get_checkpoint(), publish=publish, rescore=trial_id in rescore, env=env)
 
 
 def run_trial_data_parallel(config: dict[str, Any], *, trials: dict[str, str], run_ids: dict[str, str],
                             tracking_uri: str, out_dir: str, cpus: float, gpus: float, workers: int,
                             max_failures: int, storage: str, local: bool,
-                            rescore: frozenset[str] = frozenset()) -> None:
+                            rescore: frozenset[str] = frozenset(), env: dict[str, tuple[str, str]] | None = None) -> None:
     """Ray Tune function trainable of a multi-worker trial: a Ray Train TorchTrainer (gloo on CPU, NCCL on GPU)
     whose workers each run the trial on their slice of every batch; rank 0's reports reach Tune and MLflow.
 
@@ -100,7 +101,7 @@ def run_trial_data_parallel(config: dict[str, Any], *, trials: dict[str, str], r
         _data_parallel_worker,
         train_loop_config={"trial_id": trial_id, "config_json": trials[trial_id], "run_id": run_ids[trial_id],
                            "tracking_uri": tracking_uri, "out_dir": out_dir, "cpus": cpus,
-                           "rescore": trial_id in rescore},
+                           "rescore": trial_id in rescore, "env": env or {}},
         torch_config=torch_config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
         run_config=RunConfig(name=f"trial-{trial_id}", storage_path=storage, callbacks=[TuneReportCallback()],
@@ -124,7 +125,7 @@ def _data_parallel_worker(loop: dict[str, Any]) -> None:
     batch = cfg.get("train", {}).get("batch_size")
     _attempt(loop["trial_id"], loop["config_json"], loop["run_id"], tracking_uri=loop["tracking_uri"],
              out_dir=loop["out_dir"], cpus=loop["cpus"], restored=ray.train.get_checkpoint(), publish=publish,
-             rank=rank, rescore=loop.get("rescore", False),
+             rank=rank, rescore=loop.get("rescore", False), env=loop.get("env"),
              tags={"workers": str(world), "effective_batch_size": str(batch),
                    "per_worker_batch_size": str(batch // world), "dp_backend": _dist_backend()})
 
@@ -137,7 +138,7 @@ def _dist_backend() -> str:
 
 def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str, out_dir: str, cpus: float,
              restored: Any, publish: Publish, rank: int = 0, tags: dict[str, str] | None = None,
-             rescore: bool = False) -> None:
+             rescore: bool = False, env: dict[str, tuple[str, str]] | None = None) -> None:
     """One attempt of one trial (one worker's part of it when data-parallel): resume, train, log; or, with
     `rescore`, the final evaluation of a finished trial again under its (changed) evaluation settings.
 
@@ -151,6 +152,9 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
     from gat_core.loop import train
 
     torch.set_num_threads(max(1, int(cpus)))
+    for name, (given, absolute) in (env or {}).items():  # the driver's weight paths ($GAT_STUDY_*): weights_env
+        if os.environ.get(name) in (None, given):  # a node's own setting wins
+            os.environ[name] = absolute
     # a tracking server that is down must not stall training: fail fast, TrialLogger keeps and retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -197,6 +201,17 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
     scored = {EVAL_TAG: json.dumps(evaluation_items(config_params(cfg)))} if report.reported_final else {}
     logger.finish(result.status, result.step, result.reason, health=(result.health, result.health_reason),
                   tags=scored)
+
+
+def weights_env() -> dict[str, tuple[str, str]]:
+    """The driver's $GAT_STUDY_* weight paths, as given and made absolute against its working directory (the
+    files were checked there): a worker inherits the relative value but not the working directory, and a
+    cluster node may not have the variable at all.  A node that sets its own value keeps it."""
+    from gat_core.latents import VAE_ENV
+    from gat_core.weights import DINOV2_ENV, INCEPTION_ENV
+
+    return {name: (value, str(Path(value).expanduser().absolute())) for name in (DINOV2_ENV, INCEPTION_ENV, VAE_ENV)
+            if (value := os.environ.get(name))}
 
 
 def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) -> None:
@@ -409,7 +424,7 @@ def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path,
 
     res = study.config.resources
     common = dict(trials={t.trial_id: t.config.model_dump_json() for t in todo}, run_ids=run_ids,
-                  tracking_uri=uri, out_dir=str(out), cpus=res.cpus_per_trial, rescore=rescore)
+                  tracking_uri=uri, out_dir=str(out), cpus=res.cpus_per_trial, rescore=rescore, env=weights_env())
     if res.workers > 1:  # the Tune trial only drives its Ray Train workers, which hold the CPUs and GPUs
         trainable = tune.with_parameters(run_trial_data_parallel, **common, gpus=res.gpus_per_trial,
                                          workers=res.workers, max_failures=res.max_failures, storage=storage,

@@ -42,18 +42,28 @@ class ResourcesConfig(StrictModel):
     max_failures: int = Field(2, ge=0, description="Restarts of a crashed trial from its checkpoint.")
 
 
-TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+ACCEPTED_TRACKING = ("sqlite:///path/to/mlflow.db (relative to the working directory, or sqlite:////absolute/path), "
+                     "http(s)://host:port (an MLflow server) or a database URI (postgresql://..., mysql://...)")
 
 
-def check_tracking_uri(uri: str) -> str:
-    """`uri` itself when MLflow can use it as a tracking store (a local path or one of TRACKING_SCHEMES,
-    database dialects such as postgresql+psycopg2 included); ValueError naming the accepted forms otherwise."""
+def check_tracking_uri(uri: str, cwd: Path | None = None) -> str:
+    """The tracking URI to use: a relative sqlite path made absolute against `cwd` (the working directory by
+    default; a Ray worker's differs, and would open a second, empty store), anything else of TRACKING_SCHEMES
+    (database dialects such as postgresql+psycopg2 included) as given.  ValueError naming the accepted forms
+    otherwise; MLflow 3 refuses its filesystem store (file:// or a plain folder), so it is refused here, before
+    anything is trained, rather than in the first trial."""
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme == "file" or (not scheme and uri.strip() and uri.strip() != "databricks"):
+        raise ValueError(f"tracking URI {uri!r}: MLflow 3's filesystem store (file:// or a folder) is in maintenance "
+                         f"mode and refuses new runs; use {ACCEPTED_TRACKING}")
     if (scheme and scheme not in TRACKING_SCHEMES) or not uri.strip() or (scheme in ("http", "https", "sqlite")
                                                                          and uri.split("://", 1)[1] in ("", "/")):
-        raise ValueError(f"tracking URI {uri!r} is not one MLflow can use; expected sqlite:///path/to/mlflow.db, "
-                         "http(s)://host:port (an MLflow server), file:///folder, a database URI "
-                         "(postgresql://..., mysql://...) or a local folder")
+        raise ValueError(f"tracking URI {uri!r} is not one MLflow can use; expected {ACCEPTED_TRACKING}")
+    if scheme == "sqlite" and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri[len("sqlite:///"):]
+        if path != ":memory:" and not path.startswith("file:"):
+            return f"sqlite:///{(cwd or Path.cwd()) / Path(path).expanduser()}"
     return uri
 
 

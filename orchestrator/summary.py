@@ -62,7 +62,7 @@ def study_status(path: Path, overrides: list[str], tracking_uri: str | None, as_
     from orchestrator.runner import collect_outcomes
     from orchestrator.tracking import StudyTracker
 
-    study = load_study(path, overrides)
+    study = load_study(path, overrides, require_files=False)  # reads the store: no weights or data needed
     uri = tracking_uri or study.config.tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():  # read-only: create no store
         return _not_started(study, uri, f"no MLflow store at {uri}", as_json)

@@ -34,7 +34,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from orchestrator.study import load_study
     from orchestrator.tracking import StudyTracker
 
-    study = load_study(args.study, args.overrides)
+    study = load_study(args.study, args.overrides, require_files=False)  # serves the store: no data needed
     uri = args.tracking_uri or study.config.tracking_uri
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise ValueError(f"study {study.config.name} has no MLflow store at {uri} yet; run it first")

@@ -84,11 +84,16 @@ def test_plan(path, tmp_path, monkeypatch, capsys):
     """plan, in-process, with no MLflow store (every trial new) and in JSON with the same trials."""
     monkeypatch.chdir(tmp_path)  # relative paths and default stores resolve here, never in the checkout's runs/
     study = load_study(path, require_files=False)
-    assert main(["plan", str(path)]) == 0
+    elsewhere = ["--without-files"] if path.name in NEEDS_FILES else []
+    if elsewhere:  # refused without the flag, naming each missing file and the flag
+        assert main(["plan", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert all(line in err for line in study.missing_files) and "--without-files" in err
+    assert main(["plan", str(path), *elsewhere]) == 0
     text = capsys.readouterr().out
     assert f"study {study.config.name} ({path}): {len(study.trials)} trials" in text
-    assert ("not runnable on this machine" in text) == (path.name in NEEDS_FILES)
-    assert main(["plan", str(path), "--json"]) == 0
+    assert ("not on this machine" in text) == (path.name in NEEDS_FILES)
+    assert main(["plan", str(path), "--json", *elsewhere]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert [t["trial_id"] for t in plan["trials"]] == [t.trial_id for t in study.trials]
     assert all(t["state"] == "new" and t["train_flops"] > 0 for t in plan["trials"])
@@ -130,12 +135,12 @@ def test_every_gpu_study_is_priced_in_gpu_hours(tmp_path, monkeypatch, capsys):
     assert "imagenet256-gat.yaml" in NEEDS_FILES
     for name in sorted(NEEDS_FILES):
         path = ROOT / "studies" / name
-        assert main(["plan", str(path), "--accelerator", "H100", "--json"]) == 0
+        assert main(["plan", str(path), "--accelerator", "H100", "--json", "--without-files"]) == 0
         plan = json.loads(capsys.readouterr().out)
         assert plan["accelerator"]["name"] == "H100-SXM"
         assert plan["study_cost"]["gpu_hours"] > 0
         assert plan["missing_files"]
-        assert main(["plan", str(path), "--accelerator", "H100"]) == 0
+        assert main(["plan", str(path), "--accelerator", "H100", "--without-files"]) == 0
         assert "GPU-hours" in capsys.readouterr().out
 
 

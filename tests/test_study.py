@@ -230,7 +230,33 @@ def test_relative_paths_resolve_against_the_working_directory(tmp_path, monkeypa
     assert trial.config.dataset.path == tmp_path / "photos"  # absolute: a Ray worker finds it from anywhere
 
 
-def test_a_missing_folder_dataset_fails_plan(tmp_path, monkeypatch):
+def test_a_missing_folder_dataset_fails_plan(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = write(tmp_path, {**BASE, "dataset": {"name": "folder", "path": "nowhere", "resolution": 16}})
     assert any(f"dataset.path: folder {tmp_path / 'nowhere'} does not exist" in line for line in problems(path))
+    assert main(["plan", str(path)]) == 2  # the plan is refused as `run` would be
+    err = capsys.readouterr().err
+    assert f"dataset.path: folder {tmp_path / 'nowhere'} does not exist" in err and "--without-files" in err
+    assert main(["plan", str(path), "--without-files"]) == 0  # a study whose data is on another machine
+    assert f"folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().out
+
+
+def test_tracking_uris_relative_sqlite_made_absolute_and_the_filesystem_store_refused(tmp_path, monkeypatch, capsys):
+    from orchestrator.study import check_tracking_uri
+
+    assert check_tracking_uri("sqlite:///rel/mlflow.db", cwd=tmp_path) == f"sqlite:///{tmp_path / 'rel' / 'mlflow.db'}"
+    assert check_tracking_uri("sqlite:////abs/mlflow.db", cwd=tmp_path) == "sqlite:////abs/mlflow.db"
+    for uri in ("http://127.0.0.1:5000", "postgresql+psycopg2://u@h/db", "databricks"):
+        assert check_tracking_uri(uri, cwd=tmp_path) == uri
+    for uri in ("file:///tmp/mlruns", "mlruns", "./runs/mlruns"):
+        with pytest.raises(ValueError, match="filesystem store"):
+            check_tracking_uri(uri)
+    monkeypatch.chdir(tmp_path)  # in a study file: the store is the user's, wherever a trial runs
+    path = write(tmp_path, {**BASE, "tracking": {"uri": "sqlite:///mine.db"}})
+    assert load_study(path).config.tracking_uri == f"sqlite:///{tmp_path / 'mine.db'}"
+    assert main(["plan", str(write(tmp_path, {**BASE, "tracking": {"uri": "file:///tmp/x"}}, "fs.yaml"))]) == 2
+    err = capsys.readouterr().err
+    assert "tracking.uri" in err and "filesystem store" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as usage:  # on the command line: a usage error, before anything is read
+        main(["status", str(path), "--tracking-uri", "mlruns"])
+    assert usage.value.code == 2 and "filesystem store" in capsys.readouterr().err
