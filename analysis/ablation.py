@@ -23,7 +23,8 @@ from analysis.render import booktabs, fmt_num, fmt_value, markdown_rows, tex, te
 SIZE_KEYS = frozenset({"model.width", "model.depth", "model.heads", "model.preset", "model.d_width", "model.d_depth",
                        "model.d_heads", "model.d_cond_dim"})
 PATCH_KEY = "model.patch_size"
-DERIVED = {"model.family": "model.preset"}  # key -> the swept key it follows (GAT-B/2 vs DiT-B/2)
+FAMILY_KEY = "model.family"
+DERIVED = {FAMILY_KEY: "model.preset"}  # key -> the swept key it follows (GAT-B/2 vs DiT-B/2)
 SECTIONS = ("dataset.", "model.", "train.")
 OFF_VALUES = ("off", "False", "none", "None", "0", "constant", "—")
 
@@ -53,9 +54,9 @@ def detect_switches(trials: pd.DataFrame) -> list[str]:
         sources = {col, DERIVED.get(col, col)}
         if swept and not any(c == k or c.startswith(k + ".") or k.startswith(c + ".") for k in swept for c in sources):
             continue
-        if "size" in trials and trials.assign(_v=values).groupby("size")["_v"].nunique().max() <= 1 \
-                and trials["size"].nunique() > 1:
-            continue
+        if col != FAMILY_KEY and "size" in trials and trials["size"].nunique() > 1 \
+                and trials.assign(_v=values).groupby("size")["_v"].nunique().max() <= 1:
+            continue  # (a family is never part of a size, even where GAT and DiT share no width)
         partition = tuple(pd.factorize(values)[0])
         if partition in partitions:
             continue

@@ -28,15 +28,16 @@ def format_outcomes(study: Study, outcomes: list, uri: str) -> str:
     """One line per trial, best metric first: status, step, the metric with the diversity beside it, the
     compute (GFLOPs per image, training MACs so far) and the health verdict."""
     metric, diversity = study.config.eval.metric, study.config.eval.diversity_metric or "diversity"
+    mw, dw = max(14, len(metric)), max(20, len(diversity))  # columns as wide as their headings
     lines = [f"study {study.config.name}: {sum(o.status == 'completed' for o in outcomes)}/{len(outcomes)} completed"
              f" (sorted by {metric}, best first)",
-             f"{'trial_id':<11} {'name':<40} {'status':<10} {'step':>7} {metric:>14} {diversity:>20} "
+             f"{'trial_id':<11} {'name':<40} {'status':<10} {'step':>7} {metric:>{mw}} {diversity:>{dw}} "
              f"{'GFLOPs':>8} {'train MACs':>10} {'health':<9}  run_id"]
     notes: list[str] = []
     failures: list[str] = []
     for o in _ranked(outcomes, parse_metric(metric).higher_is_better):
-        lines.append(f"{o.trial_id:<11} {o.name[:40]:<40} {o.status:<10} {o.step:>7} {_num(o.metric, '.4f'):>14} "
-                     f"{_num(o.diversity, '.3f'):>20} {_num(o.gflops, '.4f'):>8} "
+        lines.append(f"{o.trial_id:<11} {o.name[:40]:<40} {o.status:<10} {o.step:>7} {_num(o.metric, '.4f'):>{mw}} "
+                     f"{_num(o.diversity, '.3f'):>{dw}} {_num(o.gflops, '.4f'):>8} "
                      f"{'-' if o.train_flops is None else si_units(o.train_flops):>10} {o.health or '-':<9}  {o.run_id}")
         if o.health in ("collapsed", "diverged"):
             notes.append(f"  {o.name}: {o.health}: {o.health_reason or 'no reason recorded'}")

@@ -93,6 +93,36 @@ def test_live_table_redraws_in_place_on_a_terminal_and_appends_in_a_log(tty):
     assert ("\x1b[2F\x1b[J" in text) is tty  # two lines (header + one trial) redrawn only on a terminal
 
 
+@pytest.mark.parametrize("tty", [True, False])
+def test_live_table_fits_a_narrow_terminal_and_logs_whole_lines(tty, monkeypatch):
+    """On an 80-column terminal a 104-character row would wrap into two rows, and the redraw (which climbs
+    one row per line) would leave half the old table on screen: rows are cut to the width; a log keeps them."""
+    from orchestrator.progress import ProgressTable
+
+    monkeypatch.setenv("COLUMNS", "80")
+    stream = _Stream(tty)
+    table = ProgressTable({"a": "width=32"}, "fd_classifier", "diversity_classifier", refresh=0, stream=stream)
+    trials = [_Trial("a")]
+    for step in (10, 20):
+        table.on_trial_result(0, trials, trials[0], {"step": step, "total_steps": 40, "fd_classifier": 9.5,
+                                                    "diversity_classifier": 0.8, "loss_d": 0.5})
+    rows = stream.getvalue().replace("\x1b[2F\x1b[J", "").splitlines()
+    assert len(rows) == 4 and rows[1].startswith("width=32")
+    assert (max(map(len, rows)) < 80) is tty and (max(map(len, rows)) > 80) is not tty
+
+
+def test_encode_loads_the_vae_before_building_the_dataset(tmp_path, capsys, monkeypatch):
+    """A folder that exists but holds no AutoencoderKL is found out before thousands of images are drawn."""
+    import gat_core.data
+
+    monkeypatch.setattr(gat_core.data, "load_dataset", lambda cfg: pytest.fail("built the dataset first"))
+    (tmp_path / "empty-vae").mkdir()
+    assert main(["encode", "shapes", "--vae", str(tmp_path / "empty-vae"), "--out", str(tmp_path / "lat")]) == 2
+    err = capsys.readouterr().err
+    assert "--vae" in err and "not a loadable AutoencoderKL folder" in err and "Traceback" not in err
+    assert not (tmp_path / "lat").exists()
+
+
 def test_flops_takes_the_dit_presets_its_error_lists_and_says_which_defaults_it_used(capsys):
     assert main(["flops", "DiT-B/2"]) == 0
     out = capsys.readouterr().out
@@ -130,3 +160,74 @@ def test_analyze_and_compare_take_the_overrides_run_took(tmp_path, capsys, monke
     for command in ("analyze", "compare"):
         assert main([command, "edges", "--set", "train.seed=1"]) == 2
         assert "--set: overrides apply to a study file" in capsys.readouterr().err
+
+
+def _outcome(i: int, status: str, metric: float | None, diversity: float | None, gflops: float | None,
+             train_flops: float | None, health: str = "", step: int = 6, **extra):
+    from orchestrator.runner import TrialOutcome
+
+    return TrialOutcome(trial_id=f"t{i}", name=f"width={16 * (i + 1)}", status=status, step=step, metric=metric,
+                        run_id=f"run{i}", workdir=Path("/nowhere"), diversity=diversity, health=health,
+                        gflops=gflops, train_flops=train_flops, **extra)
+
+
+# grid order; the fd_classifier (lower is better) order is t2, t0, t4, the precision (higher is better) order t4,
+# t0, t2; trials without a finite metric follow in grid order either way
+OUTCOMES = [
+    _outcome(0, "completed", 5.0, 0.81, 0.0123, 1.5e12, "ok"),
+    _outcome(1, "failed", None, None, 0.02, None, step=0, reason="ValueError: dataset.path has no class subfolders"),
+    _outcome(2, "completed", 2.0, 0.5, 0.05, 4.2e12, "collapsed", health_reason="diversity 0.02 < 0.1"),
+    _outcome(3, "diverged", float("nan"), 0.01, 0.1, 3e11, "diverged", step=4, health_reason="non-finite loss_d"),
+    _outcome(4, "completed", 9.0, 0.9, 0.2, 9e12, "ok"),
+    _outcome(5, "pending", None, None, None, None, step=0),
+]
+ROWS = {  # what each trial's line says, column by column (after its trial_id)
+    "t0": ["width=16", "completed", "6", "5.0000", "0.810", "0.0123", "1.50T", "ok", "run0"],
+    "t1": ["width=32", "failed", "0", "-", "-", "0.0200", "-", "-", "run1"],
+    "t2": ["width=48", "completed", "6", "2.0000", "0.500", "0.0500", "4.20T", "collapsed", "run2"],
+    "t3": ["width=64", "diverged", "4", "-", "0.010", "0.1000", "300.00G", "diverged", "run3"],
+    "t4": ["width=80", "completed", "6", "9.0000", "0.900", "0.2000", "9.00T", "ok", "run4"],
+    "t5": ["width=96", "pending", "0", "-", "-", "-", "-", "-", "run5"],
+}
+
+
+@pytest.mark.parametrize("metric, order", [
+    ("fd_classifier", ["t2", "t0", "t4", "t1", "t3", "t5"]),  # a distance: lowest first
+    ("precision_classifier", ["t4", "t0", "t2", "t1", "t3", "t5"]),  # a share of good samples: highest first
+])
+def test_results_table_is_sorted_by_the_metric_best_first_with_diversity_and_compute_beside_it(tmp_path, metric,
+                                                                                                 order):
+    from orchestrator.study import load_study
+    from orchestrator.summary import format_outcomes
+
+    study = load_study(_study(tmp_path), [f"eval.metric={metric}"])
+    text = format_outcomes(study, OUTCOMES, "sqlite:///x.db")
+    lines = text.splitlines()
+    assert lines[0] == f"study edges: 3/6 completed (sorted by {metric}, best first)"
+    header = lines[1]
+    assert header.split() == ["trial_id", "name", "status", "step", metric, "diversity_pixels", "GFLOPs", "train",
+                              "MACs", "health", "run_id"]
+    rows = lines[2:2 + len(OUTCOMES)]
+    assert [r.split()[0] for r in rows] == order
+    for row in rows:
+        assert row.split()[1:] == ROWS[row.split()[0]]
+    assert lines[2 + len(OUTCOMES):2 + len(OUTCOMES) + 3] == [
+        "unhealthy trials (left out of analyze/compare fits by default):",
+        "  width=48: collapsed: diversity 0.02 < 0.1", "  width=64: diverged: non-finite loss_d"]
+    assert "  width=32: failed: ValueError: dataset.path has no class subfolders" in lines
+
+
+@pytest.mark.parametrize("metric", ["fd_classifier", "precision_classifier"])  # a name wider than its column
+def test_results_table_values_stand_under_their_headings(tmp_path, metric):
+    from orchestrator.study import load_study
+    from orchestrator.summary import format_outcomes
+
+    lines = format_outcomes(load_study(_study(tmp_path), [f"eval.metric={metric}"]), OUTCOMES, "sqlite:///x.db"
+                            ).splitlines()
+    header, rows = lines[1], lines[2:2 + len(OUTCOMES)]
+    for row in rows:
+        for label, value in zip(("step", metric, "diversity_pixels", "GFLOPs", "train MACs"), row.split()[3:8]):
+            end = header.index(label) + len(label)  # right-aligned under its heading
+            assert row[end - len(value):end] == value and row[end:end + 1] in (" ", ""), (label, row)
+        start = header.index("run_id")
+        assert row[start:].split() == [row.split()[-1]], row  # the run id starts under its heading

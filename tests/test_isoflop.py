@@ -15,16 +15,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from analysis.isoflop import BUDGET_KEY, is_isoflop, isoflop_fit
 from analysis.load import load_studies
 from analysis.predict import ISOFLOP_COLUMNS, TRIAL_COLUMNS, isoflop_predictions, trial_predictions
 from analysis.select import select_trials
-from analysis.synthetic import SyntheticTrial, isoflop_trials, log_study, model_cost, power_law_trials
+from analysis.synthetic import (SyntheticTrial, family_trial, isoflop_trials, log_study, model_cost,
+                                power_law_trials)
 from orchestrator.analyze_cmd import run_analysis
 from orchestrator.cli import main
 from orchestrator.plan import plan_trial
+from orchestrator.runner import run_study
 from orchestrator.study import StudyError, load_study
+from tests.helpers import children, tiny_study, write_study
 
 BUDGETS = (1e12, 3e12, 1e13, 3e13)
 WIDTHS = (16, 24, 32, 48, 64, 96, 128)
@@ -357,3 +361,166 @@ def test_holdout_must_be_a_positive_whole_number(capsys: pytest.CaptureFixture) 
             main(["analyze", "powerlaw", "--holdout", bad])
         assert exc.value.code == 2
         assert "--holdout" in capsys.readouterr().err
+
+
+# GAT and DiT in one study: each family its own law (metric = a·gflops_g^-b · lognormal(noise)), never pooled
+FAMILY_LAWS = {"gat": (5.0, 0.4, 0.05), "dit": (1.5, 0.2, 0.03)}  # a, b, noise
+FAMILY_WIDTHS = (32, 48, 72, 108, 160, 240, 360, 512)
+
+
+def _family_widths(family: str, own_widths: bool) -> tuple[int, ...]:
+    """The widths of a family: the same for both, or (`own_widths`) DiT at its own widths, so no size is shared."""
+    return tuple(w + 8 for w in FAMILY_WIDTHS) if own_widths and family == "dit" else FAMILY_WIDTHS
+
+
+def _two_family_trials(own_widths: bool) -> list[SyntheticTrial]:
+    rng = np.random.default_rng(11)
+    trials = []
+    for family, (a, b, noise) in FAMILY_LAWS.items():
+        for width in _family_widths(family, own_widths):
+            for seed in (0, 1, 2):
+                g = model_cost(width, 4, 2)["gflops_g"]
+                value = a * g ** -b * float(np.exp(noise * rng.standard_normal()))
+                trials.append(family_trial(family, width, 4, 2, value, seed=seed))
+    return trials
+
+
+@pytest.mark.parametrize("own_widths", [False, True], ids=["same-widths", "own-widths"])
+def test_analyze_holdout_predicts_each_family_from_its_own_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture, own_widths: bool) -> None:
+    """`analyze --holdout 1` on a GAT + DiT study: each family's largest model (3 seeds) predicted from that family's
+    own law (not a pooled one), its interval covering the family's noiseless truth and the measured values; the
+    CSV, fits.json and the plot carry both families."""
+    import analysis.predict
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_study(uri, "families", _two_family_trials(own_widths))
+    plotted: list[list[dict]] = []
+    real_plot = analysis.predict.plot_prediction
+
+    def spy(panels, *args, **kwargs):  # the real figure, and what went into it
+        plotted.append(panels)
+        return real_plot(panels, *args, **kwargs)
+
+    monkeypatch.setattr(analysis.predict, "plot_prediction", spy)
+    out = tmp_path / "analysis"
+    assert main(["analyze", "families", "--tracking-uri", uri, "--out", str(out), "--holdout", "1",
+                 "--bootstrap", "200", "--no-log"]) == 0
+    assert "prediction (--holdout 1):" in capsys.readouterr().out
+    fits = json.loads((out / "fits.json").read_text())
+    assert fits["switches"] == ["model.family"] and fits["isoflop"] is None
+    prediction = fits["prediction"]
+    assert prediction["kind"] == "trials" and prediction["holdout"] == 1
+    rows = pd.DataFrame(prediction["rows"])
+    assert set(rows["group"]) == {"family=gat", "family=dit"}  # per family, no pooled "all"
+    csv = pd.read_csv(out / "tables" / "prediction.csv")
+    assert list(csv.columns) == TRIAL_COLUMNS and set(csv["group"]) == {"family=gat", "family=dit"}
+    assert len(csv) == len(rows)
+
+    usable = select_trials(load_studies(uri, "families"), "fd_classifier").usable
+    covered = 0
+    for family, (a, b, noise) in FAMILY_LAWS.items():
+        g_max = model_cost(_family_widths(family, own_widths)[-1], 4, 2)["gflops_g"]
+        own = usable[usable["model.family"] == family]
+        power = rows[(rows["group"] == f"family={family}") & (rows["law"] == "a·x^-b")]
+        # the held-out trials are this family's largest model, every seed, and nothing of the other family
+        held = own[own["train_flops"] == own["train_flops"].max()]
+        assert sorted(power["run_name"]) == sorted(held["run_name"]) and len(power) == 3
+        assert (power["n_fit"] == len(own) - 3).all()
+        # predicted from the family's own fit: the same numbers as a prediction on that family's trials alone
+        alone = trial_predictions(own, "fd_classifier", holdout=1, n_boot=200, seed=0).rows
+        alone = alone[alone["law"] == "a·x^-b"].set_index("run_name").loc[power["run_name"]]
+        assert power["predicted"].to_numpy() == pytest.approx(alone["predicted"].to_numpy(), rel=1e-9)
+        # the noiseless truth at the held-out size lies in every interval; a measured value does where its noise
+        # draw (known here) is within 1.5 sigma of the truth, and about 95 % of them overall
+        true = a * g_max ** -b
+        assert ((power["pi95_lo"] < true) & (true < power["pi95_hi"])).all()
+        assert power["predicted"].to_numpy() == pytest.approx(true, rel=0.05)
+        assert (power["rel_error"].abs() < 0.15).all()
+        inside = (power["pi95_lo"] <= power["measured"]) & (power["measured"] <= power["pi95_hi"])
+        assert (power["covered"] == inside).all()
+        z = np.log(power["measured"] / true) / noise
+        assert power.loc[z.abs() < 1.5, "covered"].all()
+        covered += int(power["covered"].sum())
+    assert covered >= 5  # of 6
+    # a pooled law would predict neither family: its prediction at each family's held-out compute lies outside
+    # that family's intervals
+    pooled = trial_predictions(usable, "fd_classifier", holdout=1, n_boot=0, seed=0)
+    (pooled_fit,) = [p["fit"] for p in pooled.panels if p["group"] == "all" and p["law"] == "a·x^-b"]
+    for family in FAMILY_LAWS:
+        power = rows[(rows["group"] == f"family={family}") & (rows["law"] == "a·x^-b")]
+        guess = pooled_fit.predict(power["x_value"].to_numpy(float))
+        assert ((guess < power["pi95_lo"]) | (guess > power["pi95_hi"])).all(), family
+
+    (panels,) = plotted  # one figure, a panel per family and law
+    assert {p["group"] for p in panels} == {"family=gat", "family=dit"}
+    assert {(p["group"], p["law"]) for p in panels} >= {("family=gat", "a·x^-b"), ("family=dit", "a·x^-b")}
+    for name in ("prediction.png", "prediction.pdf"):
+        assert (out / "plots" / name).stat().st_size > 1000, name
+    md = (out / "report.md").read_text()
+    assert "## Prediction of held-out larger trials" in md and "family=gat" in md and "family=dit" in md
+
+
+# --- a real isoFLOP study, run on this machine -------------------------------------------------------------------
+REAL_BUDGETS = (1.2e9, 1.5e9, 1.9e9)  # MACs: 8 to 12 steps for width 32, 29 to 47 for width 16 (batch 8)
+REAL_WIDTHS = (16, 24, 32)
+
+
+def test_a_real_isoflop_study_runs_and_is_analysed(tmp_path: Path, ray_session: None) -> None:
+    """3 budgets x 3 widths of the tiny model trained for real on the local Ray, then `analyze --holdout 1` on its
+    store: a profile per budget of that budget's trials, each trial trained to its budget (within one iteration),
+    the laws and profiles tables and the isoFLOP plot written.  A GAN this short is noise: no exponent is checked."""
+    spec = tiny_study("isoreal", tmp_path / "out")
+    del spec["train"]["steps"]
+    spec["train"].update(checkpoint_every=1000)
+    spec["eval"]["interval"] = 1000  # the final evaluation only
+    spec["isoflop"] = {"budgets": list(REAL_BUDGETS), "sizes": {"model.width": list(REAL_WIDTHS)}}
+    path = write_study(tmp_path / "study.yaml", spec)
+    study = load_study(path)
+    planned = {t.trial_id: plan_trial(t) for t in study.trials}
+    assert all(8 <= c.steps <= 47 for c in planned.values())
+    outcomes = run_study(study, quiet=True)
+    assert [o.status for o in outcomes] == ["completed"] * 9
+
+    client = MlflowClient(study.config.tracking_uri)
+    runs = children(client, "isoreal")
+    assert len(runs) == 9
+    by_budget: dict[float, set[str]] = {}
+    for run in runs:
+        budget = float(run.data.params[BUDGET_KEY])
+        by_budget.setdefault(budget, set()).add(run.info.run_name)
+        per_iter = float(run.data.params["macs_per_sample_iter"]) * int(run.data.params["train.batch_size"])
+        spent = run.data.metrics["train_flops"]
+        assert spent <= budget < spent + per_iter, run.info.run_name  # its budget, up to one iteration short
+        assert int(run.data.tags["final_step"]) == planned[run.data.tags["trial_id"]].steps
+    assert sorted(by_budget) == list(REAL_BUDGETS) and all(len(names) == 3 for names in by_budget.values())
+
+    out = tmp_path / "analysis"
+    report = run_analysis("isoreal", study.config.tracking_uri, out, keep_unhealthy=True, n_boot=200, holdout=1,
+                          log_artifacts=False, trial_ids={t.trial_id for t in study.trials})
+    assert len(report.selection.usable) == 9
+    (result,) = report.isoflop.results
+    assert [p.budget for p in result.profiles] == list(REAL_BUDGETS)
+    for profile in result.profiles:  # every budget's profile is made of that budget's 3 trials, one per width
+        names = set(result.points.loc[result.points["budget"] == profile.budget, "run_name"])
+        assert names == by_budget[profile.budget]
+        assert profile.n_trials == 3 and profile.n_sizes == 3 and np.isfinite(profile.coef).all()
+    fits = json.loads((out / "fits.json").read_text())
+    (iso,) = fits["isoflop"]
+    assert [p["budget_macs"] for p in iso["profiles"]] == list(REAL_BUDGETS)
+    assert [p["trials"] for p in iso["profiles"]] == [3, 3, 3]
+    laws = pd.read_csv(out / "tables" / "isoflop_laws.csv")
+    assert list(laws.columns) == ["group", "law", "exponent", "value", "ci95", "coef", "budgets", "bootstrap_ok"]
+    assert set(laws["exponent"]) <= {"a", "b"}  # whether a law exists here is up to the noise
+    profiles = pd.read_csv(out / "tables" / "isoflop_profiles.csv")
+    assert list(profiles["budget_macs"]) == list(REAL_BUDGETS) and list(profiles["trials"]) == [3, 3, 3]
+    for name in ("isoflop.png", "isoflop.pdf"):
+        assert (out / "plots" / name).stat().st_size > 1000, name
+    md = (out / "report.md").read_text()
+    assert "## Compute-optimal design (isoFLOP)" in md and "plots/isoflop.png" in md
+    # the held-out prediction: the largest budget predicted from the two others, or a reason it could not be
+    prediction = fits["prediction"]
+    assert prediction["kind"] == "isoflop" and prediction["holdout"] == 1
+    assert {r["budget_macs"] for r in prediction["rows"]} <= {REAL_BUDGETS[-1]}
+    assert prediction["rows"] or prediction["skipped"]
+    assert list(pd.read_csv(out / "tables" / "prediction.csv").columns) == ISOFLOP_COLUMNS
