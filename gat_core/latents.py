@@ -26,7 +26,7 @@ from gat_core.atomic import write_atomic
 from gat_core.data import BatchSampler, ImageDataset
 from gat_core.data.dataset import quantize_uint8
 from gat_core.data.folder import load_files, scan_folder
-from gat_core.weights import resolve_local
+from gat_core.weights import VAE_ENV, VAE_HINT, resolve_local
 
 META_FILE = "meta.json"
 FORMAT = "gat-study-latents/2"
@@ -34,9 +34,6 @@ FORMAT = "gat-study-latents/2"
 MOMENTS_FILE = "moments.npy"  # float32 [N, 2C, h, w]: posterior mean and std
 LABELS_FILE = "labels.npy"  # int64 [N]
 IMAGES_FILE = "images.npy"  # uint8 [N, C, R, R]: the source images (for metrics and the VFM teacher)
-VAE_ENV = "GAT_STUDY_VAE"
-VAE_HINT = ("a diffusers AutoencoderKL folder saved with save_pretrained (config.json + weights), e.g. "
-            "stabilityai/sd-vae-ft-mse downloaded on a networked machine")
 
 
 def load_vae(path: Path | str | None, key: str = "vae", device: str | torch.device = "cpu"):

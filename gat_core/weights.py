@@ -13,6 +13,11 @@ DINOV2_HINT = ("the official DINOv2 checkpoint (e.g. dinov2_vitb14_pretrain.pth 
                "release), downloaded on a networked machine")
 
 
+VAE_ENV = "GAT_STUDY_VAE"
+VAE_HINT = ("a diffusers AutoencoderKL folder saved with save_pretrained (config.json + weights), e.g. "
+            "stabilityai/sd-vae-ft-mse downloaded on a networked machine")
+
+
 class WeightsNotFound(FileNotFoundError):
     """A pretrained component whose local weights are missing; the message names the key, file and source."""
 
@@ -84,3 +89,12 @@ def missing_eval_files(eval_cfg) -> list[str]:
                         "(e.g. written by `gat-study ref-stats`, or an ADM reference batch such as "
                         "VIRTUAL_imagenet256_labeled.npz).")
     return problems
+
+
+def weights_env() -> dict[str, tuple[str, str]]:
+    """The $GAT_STUDY_* weight paths of this process, as given and made absolute against its working directory
+    (where the files were checked): a Ray worker inherits the relative value but not the working directory, and
+    a cluster node may not have the variable at all.  A worker sets each absolute path where its own value is
+    unset or the same relative one (a node's own setting wins)."""
+    return {name: (value, str(Path(value).expanduser().absolute())) for name in (DINOV2_ENV, INCEPTION_ENV, VAE_ENV)
+            if (value := os.environ.get(name))}

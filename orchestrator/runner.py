@@ -203,17 +203,6 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
                   tags=scored)
 
 
-def weights_env() -> dict[str, tuple[str, str]]:
-    """The driver's $GAT_STUDY_* weight paths, as given and made absolute against its working directory (the
-    files were checked there): a worker inherits the relative value but not the working directory, and a
-    cluster node may not have the variable at all.  A node that sets its own value keeps it."""
-    from gat_core.latents import VAE_ENV
-    from gat_core.weights import DINOV2_ENV, INCEPTION_ENV
-
-    return {name: (value, str(Path(value).expanduser().absolute())) for name in (DINOV2_ENV, INCEPTION_ENV, VAE_ENV)
-            if (value := os.environ.get(name))}
-
-
 def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) -> None:
     """Start an embedded Ray bound to 127.0.0.1, or connect to the cluster at `address`.
 
@@ -421,6 +410,8 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
 def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path, storage: str,
          address: str | None, quiet: bool, rescore: frozenset[str] = frozenset()) -> None:
     from ray import tune
+
+    from gat_core.weights import weights_env
 
     res = study.config.resources
     common = dict(trials={t.trial_id: t.config.model_dump_json() for t in todo}, run_ids=run_ids,

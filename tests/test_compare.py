@@ -301,3 +301,69 @@ def test_cli_exit_code_and_no_torch_without_speed(store: str, tmp_path: Path,
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "CLEAN" in out.stdout
+
+
+def _plain(value: object) -> object:
+    """A table cell as compare.json writes it: missing values (NaN) as None, numpy scalars as Python ones."""
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def test_cli_compare_json_prints_the_numbers_of_the_text_summary_and_of_the_files(
+        store: str, comparison, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gat-study compare STUDY --json` through the CLI's main: stdout is one JSON document holding the fits per
+    family with their bootstrap intervals and the equal-compute rows; the same numbers as the comparison computed
+    in-process with the same settings, as the text summary prints and as the written tables hold."""
+    from orchestrator.cli import main
+
+    common = ["compare", "families", "--tracking-uri", store, "--no-speed", "--bootstrap", "500", "--seed", "0",
+              "--budgets", "2e11,5e11,1e12,1.5e12", "--targets", "90,70,55"]  # the `comparison` fixture's settings
+    assert main([*common, "--out", str(tmp_path / "json"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)  # nothing but the JSON on stdout
+    assert summary == json.loads((tmp_path / "json" / "compare.json").read_text())
+    assert summary["metric"] == "fd_classifier" and summary["lower_is_better"] is True
+    assert summary["trials"] == {"gat": 6, "dit": 6} and summary["speed"] is None
+    assert summary["bootstrap"] == {"resamples": 500, "seed": 0, "unit": "trial"}
+    for family in LAWS:
+        for x in ("train_flops", "gflops_g"):
+            fit, want = summary["fits"][family][x], comparison.fit(family, x)
+            assert fit["n"] == want.n == 6 and fit["x"] == x
+            for key in ("a", "b"):
+                assert fit["params"][key] == pytest.approx(want.params[key], rel=1e-12)
+                assert fit["ci95"][key] == pytest.approx(list(want.ci[key]), rel=1e-12)
+                assert fit["ci95"][key][0] <= fit["params"][key] <= fit["ci95"][key][1]
+    table = comparison.equal_compute
+    assert len(summary["equal_compute"]) == len(table) == 4
+    for row, want in zip(summary["equal_compute"], table.to_dict(orient="records")):
+        assert set(row) == set(want)
+        for key, value in want.items():
+            value = _plain(value)
+            assert row[key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
+    assert [row["budget_macs"] for row in summary["equal_compute"]] == [2e11, 5e11, 1e12, 1.5e12]
+
+    # the text summary of the same command prints these numbers, and its tables hold them
+    assert main([*common, "--out", str(tmp_path / "text")]) == 0
+    text = capsys.readouterr().out
+    for family, name in (("gat", "GAT"), ("dit", "DiT")):
+        fit = summary["fits"][family]["train_flops"]
+        lo, hi = fit["ci95"]["b"]
+        assert (f"  {name:<4} fd_classifier ~ train MACs^-b: b = {fit['params']['b']:.3f} [{lo:.3f}, {hi:.3f}], "
+                f"n = {fit['n']}\n") in text
+    for row in summary["equal_compute"]:
+        assert (f"  at {row['budget_macs']:.3g} MACs: GAT {row['gat_fit']:.4g}, DiT {row['dit_fit']:.4g} -> "
+                f"{row['better']}\n") in text
+    written = pd.read_csv(tmp_path / "text" / "tables" / "equal_compute.csv")
+    assert written.columns.tolist() == list(summary["equal_compute"][0])
+    for row, want in zip(summary["equal_compute"], written.to_dict(orient="records")):
+        for key, value in want.items():
+            value = _plain(value)
+            assert row[key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
+    fits = pd.read_csv(tmp_path / "text" / "tables" / "fits.csv")
+    assert sorted(zip(fits["family"], fits["x"])) == sorted((f, x) for f in LAWS for x in ("train_flops", "gflops_g"))
+    for row in fits.to_dict(orient="records"):
+        fit = summary["fits"][row["family"]][row["x"]]
+        assert row["n"] == fit["n"]
+        for key in ("a", "b"):
+            assert [row[key], row[f"{key}_lo"], row[f"{key}_hi"]] == pytest.approx(
+                [fit["params"][key], *fit["ci95"][key]], rel=1e-12)
