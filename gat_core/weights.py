@@ -28,7 +28,8 @@ def resolve_local(path: Path | str | None, env: str, key: str, hint: str, folder
     exists = chosen is not None and (chosen.is_dir() if folder else chosen.is_file())
     if not exists:
         kind = "folder" if folder else "file"
-        raise WeightsNotFound(f"{key}: weights {kind} {chosen or '(not set)'} not found. Expected {hint}; "
+        what = f"weights {kind} {chosen} not found" if chosen else f"no weights {kind} given ({key} and ${env} unset)"
+        raise WeightsNotFound(f"{key}: {what}. Expected {hint}; "
                               f"give its path in {key} or ${env}.")
     return chosen
 

@@ -158,7 +158,7 @@ def plan_warnings(study: Study, rows: list[dict[str, Any]]) -> list[str]:
         r = beyond[0]
         warnings.append(f"{len(beyond)} trials have trained past the steps the study now asks for (e.g. {r['name']}: "
                         f"{r['steps_done']} > {r['steps']}); `run` refuses to shorten a trial: set the length back "
-                        "to at least what they trained, or run the shorter study under another name or output_dir")
+                        "to at least what they trained, or run the shorter study under another name")
     by_family: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_family[r["family"]].append(r)

@@ -310,7 +310,7 @@ def trial_actions(study: Study, runs: dict[str, Any], steps: dict[str, int]) -> 
         why = (f"trial {t.trial_id} ({t.name}): has trained {trained} steps, but the study now asks for {target} "
                "(train.steps, or what train.flops_budget gives): a trial is never shortened; its metrics at every "
                "step it logged are in its MLflow run. Set the length back to at least "
-               f"{trained}, or run the shorter study under another name or output_dir") if kind == "refused" else ""
+               f"{trained}, or run the shorter study under another name") if kind == "refused" else ""
         actions[t.trial_id] = TrialAction(kind, trained, target, why)
     return actions
 

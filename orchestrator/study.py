@@ -56,7 +56,8 @@ def check_tracking_uri(uri: str, cwd: Path | None = None) -> str:
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
     if scheme == "file" or (not scheme and uri.strip() and uri.strip() != "databricks"):
         raise ValueError(f"tracking URI {uri!r}: MLflow 3's filesystem store (file:// or a folder) is in maintenance "
-                         f"mode and refuses new runs; use {ACCEPTED_TRACKING}")
+                         f"mode and refuses new runs; use {ACCEPTED_TRACKING} (`mlflow migrate-filestore` converts an "
+                         "existing store of that kind)")
     if (scheme and scheme not in TRACKING_SCHEMES) or not uri.strip() or (scheme in ("http", "https", "sqlite")
                                                                          and uri.split("://", 1)[1] in ("", "/")):
         raise ValueError(f"tracking URI {uri!r} is not one MLflow can use; expected {ACCEPTED_TRACKING}")

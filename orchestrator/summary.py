@@ -47,7 +47,8 @@ def format_outcomes(study: Study, outcomes: list, uri: str) -> str:
         lines += ["unhealthy trials (left out of analyze/compare fits by default):", *notes]
     if failures:
         lines += ["failed trials (fix the cause and run the same command again; finished trials are kept):", *failures]
-    lines.append(f"MLflow: {uri}  (experiment {study.config.experiment}; open it with `gat-study ui {study.source}`)")
+    flag = "" if uri == study.config.tracking_uri else f" --tracking-uri {uri}"
+    lines.append(f"MLflow: {uri}  (experiment {study.config.experiment}; open it with `gat-study ui {study.source}{flag}`)")
     lines.append(f"checkpoints and samples: {study.config.out / 'trials'}/<trial_id>/")
     return "\n".join(lines)
 

@@ -57,10 +57,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
+    from orchestrator.cli import tracking_uri  # (called by cli.build_parser, once cli is loaded)
+
     p = sub.add_parser("ui", help="serve the MLflow UI of a study's store and print the addresses of its runs table and charts")
     p.add_argument("study", type=Path, help="study YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
+    p.add_argument("--tracking-uri", type=tracking_uri, help="MLflow tracking URI (default: the study's)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--print-url", action="store_true", help="print the address only; start nothing")

@@ -67,7 +67,7 @@ def test_missing_metric_weights_reject_the_study_before_it_runs(tmp_path: Path, 
     monkeypatch.delenv(INCEPTION_ENV)
     study = tmp_path / "s.yaml"
     study.write_text(f"name: s\noutput_dir: {tmp_path}\ntrain: {{steps: 2}}\neval: {{metric: fid}}\n")
-    with pytest.raises(StudyError, match="eval.inception_weights: weights file"):
+    with pytest.raises(StudyError, match=r"eval.inception_weights: no weights file given \(eval.inception_weights and \$GAT_STUDY_INCEPTION_WEIGHTS unset\)"):
         load_study(study)
 
 
