@@ -56,7 +56,10 @@ def format_outcomes(study: Study, outcomes: list, uri: str) -> str:
 def _not_started(study: Study, uri: str, why: str, as_json: bool) -> str:
     if as_json:
         return json.dumps({"study": study.config.name, "status": "not started", "tracking_uri": uri, "trials": []})
-    return f"study {study.config.name}: not started ({why})"
+    cwd, home = Path.cwd().resolve(), Path(study.source).resolve().parent
+    hint = ("" if cwd == home else f"; relative paths and the default store are found from the folder gat-study runs in, "
+            f"here {cwd}: if the study ran from {home}, run this there")
+    return f"study {study.config.name}: not started ({why}{hint})"
 
 
 def study_status(path: Path, overrides: list[str], tracking_uri: str | None, as_json: bool = False) -> str:

@@ -33,6 +33,18 @@ def test_status_of_a_study_that_never_ran_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # no MLflow database, no folder
 
 
+def test_status_from_another_folder_says_where_paths_are_resolved(tmp_path, capsys, monkeypatch):
+    (tmp_path / "study").mkdir()
+    path = write_study(tmp_path / "study" / "study.yaml", tiny_study("edges", Path("out")))
+    monkeypatch.chdir(tmp_path / "study")
+    assert main(["status", "study.yaml"]) == 0
+    assert "relative paths" not in capsys.readouterr().out  # run where it lives: nothing to say
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "not started" in out and f"here {tmp_path}" in out and f"ran from {tmp_path / 'study'}" in out
+
+
 @pytest.mark.parametrize("where", ["flag", "file"])
 def test_unusable_tracking_uris_are_refused_up_front(tmp_path, capsys, where):
     if where == "flag":
