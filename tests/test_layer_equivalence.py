@@ -124,6 +124,20 @@ def test_attention_with_joint_qk_norm_and_rope_matches_the_per_tensor_formulas(p
     assert_same_function(attn, lambda x: plain_attention(attn, x), [x], list(attn.parameters()))
 
 
+def test_attention_kernel_is_sdpa_itself_in_fp32_and_computed_in_fp32_under_cpu_bf16_autocast() -> None:
+    from gat_core.models.layers import attention
+
+    q, k, v = (torch.randn(2, 2, 17, 16, requires_grad=True) for _ in range(3))
+    assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))  # fp32: unchanged, bit for bit
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q, k, v.bfloat16())
+    assert out.dtype == torch.bfloat16  # what autocast's SDPA returns, for the layers after it
+    exact = F.scaled_dot_product_attention(q.double(), k.double(), v.bfloat16().double())
+    torch.testing.assert_close(out.double(), exact, rtol=0, atol=4e-3)  # fp32 inside: only the output is rounded
+    out.float().sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
 def test_discriminator_block_with_folded_layer_scale_matches_the_explicit_gains() -> None:
     block = randomise(DBlock(32, 2, Rope2D(16, GRID, prefix=1))).double()
 

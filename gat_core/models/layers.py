@@ -182,8 +182,20 @@ class Attention(nn.Module):
         qk, v = scaled_linear(self.qkv, x, in_scale).view(b, t, 3, self.heads, d // self.heads).split([2, 1], dim=2)
         gains = torch.stack([self.q_norm.weight, self.k_norm.weight])[:, None]  # [2, 1, head_dim]
         q, k = self.rope(rms_norm(qk, gains, self.q_norm.eps), token_dim=1).unbind(2)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.squeeze(2).transpose(1, 2))
+        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.squeeze(2).transpose(1, 2))
         return scaled_linear(self.proj, out.transpose(1, 2).reshape(b, t, d), out_scale=out_scale)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_dim)) v by SDPA.  Under bf16 autocast on a CPU it runs in fp32 and returns the
+    autocast dtype: the CPU's bf16 attention kernel (forward + backward) is about 3x slower than its fp32 one at
+    these sizes (65 tokens, head dim 64: BENCHMARKS.md), and fp32 is the more exact of the two.  Everywhere
+    else (fp32, or CUDA with its fused bf16 kernels) it is SDPA as called."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        return out.to(torch.get_autocast_dtype("cpu"))
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def scaled_linear(linear: nn.Linear, x: torch.Tensor, in_scale: torch.Tensor | None = None,
