@@ -9,7 +9,8 @@ the whole D step + G step + EMA (`GANTrainer.iteration`).
 Variants: fp32 eager, fp32 without augmentation (what the augmentation costs), fp32 with every
 transformer block compiled (`train.compile: true`; the
 compilation happens in the warm-up iterations, with an empty Inductor cache, and their time is
-reported apart) and bf16 autocast.
+reported apart), bf16 autocast, eager and with compiled blocks.  `--profile` adds the split of one
+iteration of each by op class (matmul, attention, elementwise, augmentation, optimiser, EMA, Python).
 The machine may be shared, so the reference is not measured once: every timed iteration is
 bracketed by two short matmul-peak measurements, its MFU uses their mean, and the variants
 take turns round by round, so a load change hits them alike.  Reported: the median over rounds.
@@ -31,6 +32,7 @@ VARIANTS = {  # name: (train.precision, train.compile, train.augment on)
     "fp32_noaug": ("fp32", False, False),
     "fp32_compile": ("fp32", True, True),
     "bf16": ("bf16", False, True),
+    "bf16_compile": ("bf16", True, True),
 }
 PEAK_DTYPE = {"fp32": "float32", "bf16": "bfloat16"}
 
@@ -59,6 +61,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peak-seconds", type=float, default=1.0, help="length of each matmul-peak measurement")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}")
+    parser.add_argument("--profile", action="store_true", help="after the timed rounds, one profiled iteration per "
+                        "variant: its time split by op class (bench/op_split.py)")
     args = parser.parse_args()
     names = args.variants.split(",")
     load_start = os.getloadavg()  # other jobs on the machine show up here (and in the spread of the rounds)
@@ -93,6 +97,12 @@ def main() -> None:
                 r["sec_per_iteration"].append(seconds)
                 r["peak"].append(peak)
                 r["mfu"].append(r["flops_per_iteration"] / seconds / peak)
+        if args.profile:
+            from bench.op_split import format_split, profile_split
+
+            for name, trainer in trainers.items():
+                results[name]["op_split"] = profile_split(trainer.iteration)
+                print(format_split(name, results[name]["op_split"]), flush=True)
 
     summary: dict[str, float] = {}
     for name, r in results.items():
@@ -101,7 +111,8 @@ def main() -> None:
                         f"matmul_peak_{name}": statistics.median(r["peak"]),
                         f"sec_per_iteration_{name}": statistics.median(r["sec_per_iteration"])})
     # speed-ups paired by round: both iterations of a pair ran under the same load
-    for name, key in (("bf16", "bf16_speedup"), ("fp32_compile", "compile_speedup"), ("fp32_noaug", "noaug_speedup")):
+    for name, key in (("bf16", "bf16_speedup"), ("fp32_compile", "compile_speedup"), ("fp32_noaug", "noaug_speedup"),
+                      ("bf16_compile", "bf16_compile_speedup")):
         if {"fp32", name} <= set(results):
             summary[key] = statistics.median(a / b for a, b in zip(results["fp32"]["sec_per_iteration"],
                                                                    results[name]["sec_per_iteration"]))
