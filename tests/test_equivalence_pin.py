@@ -1,7 +1,8 @@
 """Pins the exact numbers of a seeded tiny GAN trial and a tiny DiT trial (per-step losses, every evaluation,
 the final metrics) and of `gat-study eval` on their model files, so a restructuring of the trainers or the
 sampler is proven to change no result: the literals below were recorded on CPU before the restructure
-(see EXPECTED) and are compared with `==` (floats as written by repr, no tolerance)."""
+(see EXPECTED) and are compared with `==` (floats as written by repr, no tolerance) on the CPU family they
+were recorded on, and within a tolerance of another CPU's rounding elsewhere (RECORDED_CPU)."""
 
 from __future__ import annotations
 
@@ -177,6 +178,42 @@ EXPECTED: dict[str, dict] = {'gat': {'events': [('start', 0, {'classifier_accura
              'health': 'diverged'}}
 
 
+# The literals are exact on the CPU family they were recorded on.  Another CPU's BLAS and vector kernels sum in
+# another order: on an Intel Xeon (AMX) the same code gave 32 GAT and 12 DiT numbers different in the last
+# digits, at most 2.8e-4 relative (a logit of 0.2) over the 6 steps, against changes of percents from any
+# change of behaviour.  There they are compared to REL / ABS.
+RECORDED_CPU = "AMD EPYC"
+REL, ABS = 1e-3, 1e-9  # relative: a logged lr of 5e-3 off by 1 % must not pass on its absolute size
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def assert_close_structure(got, expected, where: str = "") -> None:
+    """Equal structure, keys, strings and counts; floats within REL / ABS."""
+    assert type(got) is type(expected) or {type(got), type(expected)} <= {int, float}, where
+    if isinstance(expected, dict):
+        assert list(got) == list(expected), where
+        for key in expected:
+            assert_close_structure(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(got) == len(expected), where
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert_close_structure(g, e, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, rel=REL, abs=ABS), where
+    else:
+        assert got == expected, where
+
+
 @pytest.mark.parametrize("family", ["gat", "dit"])
 def test_a_seeded_tiny_trial_gives_the_recorded_numbers(tmp_path, family):
-    assert run_pin(family, tmp_path) == EXPECTED[family]
+    got = run_pin(family, tmp_path)
+    if cpu_model().startswith(RECORDED_CPU):
+        assert got == EXPECTED[family]  # bit for bit
+    else:
+        assert_close_structure(got, EXPECTED[family])
