@@ -90,8 +90,8 @@ class _Trial:
         self.config, self.status = {"trial_id": tid}, "RUNNING"
 
 
-@pytest.mark.parametrize("tty", [True, False])
-def test_live_table_redraws_in_place_on_a_terminal_and_appends_in_a_log(tty):
+def _two_updates(tty: bool) -> str:
+    """What the live table prints for one trial's two results."""
     from orchestrator.progress import ProgressTable
 
     stream = _Stream(tty)
@@ -100,7 +100,12 @@ def test_live_table_redraws_in_place_on_a_terminal_and_appends_in_a_log(tty):
     for step in (10, 20):
         table.on_trial_result(0, trials, trials[0], {"step": step, "total_steps": 40, "fd_classifier": 9.5,
                                                     "diversity_classifier": 0.8, "loss_d": 0.5})
-    text = stream.getvalue()
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_live_table_redraws_in_place_on_a_terminal_and_appends_in_a_log(tty):
+    text = _two_updates(tty)
     assert text.count("width=32") == 2 and "0.800" in text and "9.500" in text
     assert ("\x1b[2F\x1b[J" in text) is tty  # two lines (header + one trial) redrawn only on a terminal
 
@@ -109,16 +114,8 @@ def test_live_table_redraws_in_place_on_a_terminal_and_appends_in_a_log(tty):
 def test_live_table_fits_a_narrow_terminal_and_logs_whole_lines(tty, monkeypatch):
     """On an 80-column terminal a 104-character row would wrap into two rows, and the redraw (which climbs
     one row per line) would leave half the old table on screen: rows are cut to the width; a log keeps them."""
-    from orchestrator.progress import ProgressTable
-
     monkeypatch.setenv("COLUMNS", "80")
-    stream = _Stream(tty)
-    table = ProgressTable({"a": "width=32"}, "fd_classifier", "diversity_classifier", refresh=0, stream=stream)
-    trials = [_Trial("a")]
-    for step in (10, 20):
-        table.on_trial_result(0, trials, trials[0], {"step": step, "total_steps": 40, "fd_classifier": 9.5,
-                                                    "diversity_classifier": 0.8, "loss_d": 0.5})
-    rows = stream.getvalue().replace("\x1b[2F\x1b[J", "").splitlines()
+    rows = _two_updates(tty).replace("\x1b[2F\x1b[J", "").splitlines()
     assert len(rows) == 4 and rows[1].startswith("width=32")
     assert (max(map(len, rows)) < 80) is tty and (max(map(len, rows)) > 80) is not tty
 
