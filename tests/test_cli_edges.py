@@ -104,7 +104,8 @@ def _two_updates(tty: bool) -> str:
 
 
 @pytest.mark.parametrize("tty", [True, False])
-def test_live_table_redraws_in_place_on_a_terminal_and_appends_in_a_log(tty):
+def test_live_table_redraws_in_place_on_a_terminal_and_appends_in_a_log(tty, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # a terminal wide enough for whole rows
     text = _two_updates(tty)
     assert text.count("width=32") == 2 and "0.800" in text and "9.500" in text
     assert ("\x1b[2F\x1b[J" in text) is tty  # two lines (header + one trial) redrawn only on a terminal
