@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parsers(sub)
     from orchestrator.ui_cmd import add_parser as add_ui_parser
 
-    add_ui_parser(sub)
+    add_ui_parser(sub, tracking_uri)
     from orchestrator.results_cmd import add_results_parser
 
     add_results_parser(sub)

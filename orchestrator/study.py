@@ -61,10 +61,9 @@ def check_tracking_uri(uri: str, cwd: Path | None = None) -> str:
     if (scheme and scheme not in TRACKING_SCHEMES) or not uri.strip() or (scheme in ("http", "https", "sqlite")
                                                                          and uri.split("://", 1)[1] in ("", "/")):
         raise ValueError(f"tracking URI {uri!r} is not one MLflow can use; expected {ACCEPTED_TRACKING}")
-    if scheme == "sqlite" and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = uri[len("sqlite:///"):]
-        if path != ":memory:" and not path.startswith("file:"):
-            return f"sqlite:///{(cwd or Path.cwd()) / Path(path).expanduser()}"
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else "/"  # sqlite:////abs: path "/abs"
+    if not path.startswith(("/", ":memory:", "file:")):
+        return f"sqlite:///{(cwd or Path.cwd()) / Path(path).expanduser()}"
     return uri
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_PORT = 5000
@@ -56,9 +57,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
 
 
-def add_parser(sub) -> None:
-    from orchestrator.cli import tracking_uri  # (called by cli.build_parser, once cli is loaded)
-
+def add_parser(sub, tracking_uri: Callable[[str], str]) -> None:
+    """The `ui` subcommand; `tracking_uri` is the CLI's --tracking-uri argument type (passed in: no import circle)."""
     p = sub.add_parser("ui", help="serve the MLflow UI of a study's store and print the addresses of its runs table and charts")
     p.add_argument("study", type=Path, help="study YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
