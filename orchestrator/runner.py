@@ -20,6 +20,7 @@ from typing import Any
 from mlflow.entities import RunTag
 
 from orchestrator.plan import compute_columns
+from orchestrator.interrupt import sigterm_as_ctrl_c
 from orchestrator.progress import ProgressTable
 from orchestrator.study import Study, StudyError
 from orchestrator.tracking import (EARLIER_ID_TAG, EVAL_TAG, FINAL_STATUSES, HEALTH_REASON_TAG, HEALTH_TAG,
@@ -442,7 +443,8 @@ def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path,
         ),
     )
     try:
-        tuner.fit()  # Ctrl-C: Tune stops the trials and returns; MLflow says which ones finished
+        with sigterm_as_ctrl_c():
+            tuner.fit()  # Ctrl-C: Tune stops the trials and returns; MLflow says which ones finished
     except KeyboardInterrupt:
         pass
 

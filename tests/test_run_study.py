@@ -113,6 +113,24 @@ def test_interrupted_study_resumes_in_the_same_runs(tmp_path):
     assert status.returncode == 0 and "1 completed" in status.stdout
 
 
+def test_sigterm_to_the_driver_stops_the_study_as_ctrl_c_does(tmp_path):
+    """A scheduler's SIGTERM (time limit, preemption, `kill`) to the driver alone: the study stops cleanly,
+    says how to resume, exits 130 and marks its trial interrupted (Ray's own handler would abort it)."""
+    path, proc, _, _ = start_one_trial_study(tmp_path, "sigterm")
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    text = out.decode()
+    assert proc.returncode == 130, text[-3000:]
+    assert "run the same command again to resume" in text and "SIGTERM received" not in text
+    client = MlflowClient(load_study(path).config.tracking_uri)
+    (run,) = children(client, "sigterm")
+    assert run.data.tags["status"] == "interrupted"
+
+
 def test_gan_and_dit_trials_in_one_study(tmp_path, ray_session):
     """Both families in one Ray study: the DiT trial is evaluated at several NFE, both carry compute columns."""
     spec = tiny_study("mixed", tmp_path / "out")
