@@ -1,8 +1,9 @@
 """Pins the exact numbers of a seeded tiny GAN trial and a tiny DiT trial (per-step losses, every evaluation,
 the final metrics) and of `gat-study eval` on their model files, so a restructuring of the trainers or the
 sampler is proven to change no result: the literals below were recorded on CPU before the restructure
-(see EXPECTED) and are compared with `==` (floats as written by repr, no tolerance) on the CPU family they
-were recorded on, and within a tolerance of another CPU's rounding elsewhere (RECORDED_CPU)."""
+(see EXPECTED) and are compared exactly (floats as written by repr; float64 metric values to 1e-12 relative)
+on the CPU family they were recorded on, and within a tolerance of another CPU's rounding elsewhere
+(RECORDED_CPU)."""
 
 from __future__ import annotations
 
@@ -181,9 +182,13 @@ EXPECTED: dict[str, dict] = {'gat': {'events': [('start', 0, {'classifier_accura
 # The literals are exact on the CPU family they were recorded on.  Another CPU's BLAS and vector kernels sum in
 # another order: on an Intel Xeon (AMX) the same code gave 32 GAT and 12 DiT numbers different in the last
 # digits, at most 2.8e-4 relative (a logit of 0.2) over the 6 steps, against changes of percents from any
-# change of behaviour.  There they are compared to REL / ABS.
+# change of behaviour.  There they are compared to REL / ABS.  Within the family, another generation's
+# LAPACK kernels (an EPYC with AVX-512 against the recording one) moved 7 float64 Frechet distances by at most
+# 8.5e-16 relative and nothing else: there they are compared to FLOAT64_REL, the float32 training numbers
+# stay exact.
 RECORDED_CPU = "AMD EPYC"
 REL, ABS = 1e-3, 1e-9  # relative: a logged lr of 5e-3 off by 1 % must not pass on its absolute size
+FLOAT64_REL = 1e-12
 
 
 def cpu_model() -> str:
@@ -193,19 +198,19 @@ def cpu_model() -> str:
     return "unknown"
 
 
-def assert_close_structure(got, expected, where: str = "") -> None:
-    """Equal structure, keys, strings and counts; floats within REL / ABS."""
+def assert_close_structure(got, expected, where: str = "", rel: float = REL, abs_: float = ABS) -> None:
+    """Equal structure, keys, strings and counts; floats within rel / abs_."""
     assert type(got) is type(expected) or {type(got), type(expected)} <= {int, float}, where
     if isinstance(expected, dict):
         assert list(got) == list(expected), where
         for key in expected:
-            assert_close_structure(got[key], expected[key], f"{where}.{key}")
+            assert_close_structure(got[key], expected[key], f"{where}.{key}", rel, abs_)
     elif isinstance(expected, (list, tuple)):
         assert len(got) == len(expected), where
         for i, (g, e) in enumerate(zip(got, expected)):
-            assert_close_structure(g, e, f"{where}[{i}]")
+            assert_close_structure(g, e, f"{where}[{i}]", rel, abs_)
     elif isinstance(expected, float):
-        assert got == pytest.approx(expected, rel=REL, abs=ABS), where
+        assert got == pytest.approx(expected, rel=rel, abs=abs_), where
     else:
         assert got == expected, where
 
@@ -213,7 +218,7 @@ def assert_close_structure(got, expected, where: str = "") -> None:
 @pytest.mark.parametrize("family", ["gat", "dit"])
 def test_a_seeded_tiny_trial_gives_the_recorded_numbers(tmp_path, family):
     got = run_pin(family, tmp_path)
-    if cpu_model().startswith(RECORDED_CPU):
-        assert got == EXPECTED[family]  # bit for bit
+    if cpu_model().startswith(RECORDED_CPU):  # bit for bit but the float64 rounding of the metrics' LAPACK
+        assert_close_structure(got, EXPECTED[family], rel=FLOAT64_REL, abs_=0.0)
     else:
         assert_close_structure(got, EXPECTED[family])
