@@ -54,7 +54,8 @@ class ProgressTable(tune.Callback):
     def print_table(self, trials: list) -> None:
         self.last_print = time.monotonic()
         lines = [f"{'trial':<40} {'status':<10} {'step':>11} {self.metric[:14]:>14} {'diversity':>9} {'loss_d':>7} {'eta':>7}"]
-        for trial in trials:
+        order = {tid: i for i, tid in enumerate(self.names)}  # the study's order, not the order trials started
+        for trial in sorted(trials, key=lambda t: order.get(t.config["trial_id"], len(order))):
             tid = trial.config["trial_id"]
             row = self.latest.get(tid, {})
             value = row.get(self.metric)

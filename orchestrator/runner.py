@@ -19,8 +19,9 @@ from typing import Any
 
 from mlflow.entities import RunTag
 
-from orchestrator.plan import compute_columns
+from orchestrator.cluster import cluster_facts, default_concurrency, init_ray
 from orchestrator.interrupt import sigterm_as_ctrl_c
+from orchestrator.plan import compute_columns
 from orchestrator.progress import ProgressTable
 from orchestrator.study import Study, StudyError
 from orchestrator.tracking import (EARLIER_ID_TAG, EVAL_TAG, FINAL_STATUSES, HEALTH_REASON_TAG, HEALTH_TAG,
@@ -204,57 +205,6 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
                   tags=scored)
 
 
-def init_ray(address: str | None, dashboard: bool, num_cpus: int | None = None) -> None:
-    """Start an embedded Ray bound to 127.0.0.1, or connect to the cluster at `address`.
-
-    A cluster with token authentication gets its token from RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (either one
-    turns RAY_AUTH_MODE=token on for this driver); a missing or refused token is a ConnectionError saying how
-    to give it, not a traceback.
-    """
-    import ray
-    from ray._private import ray_constants
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune snapshots its state whenever a trial checkpoints (we keep one per trial): expected, not a problem
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # A single-machine Ray on the loopback address: Ray's own switch for laptops (it otherwise advertises the
-    # machine's public address).  Read at import time by Ray, so set it for this process and its children.
-    # A cluster at 127.0.0.1 may be a head bound to loopback the same way: Ray would swap in the public address.
-    if not address or address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
-        os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
-        ray_constants.ENABLE_RAY_CLUSTER = False
-    if not address:
-        # "local": a cluster of our own; with no address Ray joins one it finds in /tmp/ray, whose end kills ours
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 log_to_driver=False, configure_logging=False)
-        return
-    from ray._private.authentication.authentication_token_setup import _enable_token_auth
-    from ray.exceptions import AuthenticationError
-
-    mode = os.environ.get("RAY_AUTH_MODE")
-    if mode is None and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
-        _enable_token_auth()  # Ray sends no token to an explicit address unless RAY_AUTH_MODE=token
-        mode = "token"
-    try:
-        ray.init(address=address, log_to_driver=False)
-    except (AuthenticationError, ConnectionError) as exc:
-        if not any(isinstance(e, AuthenticationError) or "InvalidAuthToken" in str(e) for e in (exc, exc.__cause__)):
-            raise
-        if mode != "token":
-            why = "it requires token authentication and this driver sent no token" + (f" (RAY_AUTH_MODE={mode})"
-                                                                                       if mode else "")
-        elif "no authentication token was found" in str(exc):
-            why = "RAY_AUTH_MODE=token but no token was found in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
-        else:
-            why = "it requires token authentication and refused the token this driver sent"
-        raise ConnectionError(
-            f"cannot connect to the Ray cluster at {address}: {why}. Give "
-            "the cluster's token (`ray get-auth-token` prints it on the head node) in the environment variable "
-            "RAY_AUTH_TOKEN, or in a file named by RAY_AUTH_TOKEN_PATH, with RAY_AUTH_MODE unset or 'token', and "
-            "run the same command again. Nothing was trained.") from None
-
 
 @dataclass(frozen=True)
 class TrialAction:
@@ -314,6 +264,17 @@ def trial_actions(study: Study, runs: dict[str, Any], steps: dict[str, int]) -> 
                f"{trained}, or run the shorter study under another name") if kind == "refused" else ""
         actions[t.trial_id] = TrialAction(kind, trained, target, why)
     return actions
+
+
+def start_order(trials: list, columns: dict[str, dict[str, float]], actions: dict[str, TrialAction]) -> list:
+    """The order `run` hands trials to Tune, which starts them in that order: most training MACs left first
+    (longest first), so that with fewer slots than trials a long trial does not start last (the quickstart's
+    widest trains beside the three others, not after two of them); ties keep the grid's order."""
+    def work_left(t: Any) -> float:
+        a = actions[t.trial_id]
+        steps = 0 if a.kind == "rescore" else max(a.target - a.trained, 0)
+        return columns[t.trial_id]["macs_per_sample_iter"] * t.config.train.batch_size * steps
+    return sorted(trials, key=lambda t: -work_left(t))
 
 
 def adopt_earlier_runs(tracker: StudyTracker, study: Study, runs: dict[str, Any]) -> list[str]:
@@ -376,7 +337,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     actions = trial_actions(study, existing, {tid: int(c["steps"]) for tid, c in columns.items()})
     if refused := [a.why for a in actions.values() if a.kind == "refused"]:
         raise StudyError(refused)
-    todo = [t for t in study.trials if actions[t.trial_id].kind != "done"]
+    todo = start_order([t for t in study.trials if actions[t.trial_id].kind != "done"], columns, actions)
     if todo:  # a cluster that cannot be reached or refuses us fails here, before any run is created
         init_ray(address, dashboard, num_cpus)
     parent_id = tracker.ensure_parent(study)
@@ -394,7 +355,7 @@ def run_study(study: Study, *, address: str | None = None, tracking_uri: str | N
     if todo:
         rescore = frozenset(t.trial_id for t in todo if actions[t.trial_id].kind == "rescore")
         _fit(study, todo, run_ids, uri, out, storage or str(out / "ray"), address, quiet, rescore)
-        tracker.record_session(parent_id, time.monotonic() - started, {**machine_facts(), **_cluster_facts()})
+        tracker.record_session(parent_id, time.monotonic() - started, {**machine_facts(), **cluster_facts()})
     outcomes = collect_outcomes(study, tracker)
     unfinished = [o for o in outcomes if o.status not in (*FINAL_STATUSES, "failed")]
     for o in unfinished:  # stopped by Ctrl-C or a lost driver: resumable, say so
@@ -425,12 +386,13 @@ def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path,
     else:
         trainable = tune.with_resources(tune.with_parameters(run_trial, **common),
                                         {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
-    names = {t.trial_id: t.name for t in todo}
+    ids = {t.trial_id for t in todo}
+    names = {t.trial_id: t.name for t in study.trials if t.trial_id in ids}  # the live table: the study's order
     tuner = tune.Tuner(
         trainable,
         param_space={"trial_id": tune.grid_search([t.trial_id for t in todo])},
         # reused actors skip a process start and the torch import for every trial after the first wave
-        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent or _default_concurrency(res),
+        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent or default_concurrency(res),
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{study.config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -449,33 +411,6 @@ def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path,
         pass
 
 
-def _cluster_facts() -> dict[str, str]:
-    """The Ray cluster the study's trials ran on: nodes, CPUs and GPUs (parent-run tags `machine.ray_*`)."""
-    import ray
-
-    try:
-        total = ray.cluster_resources()
-        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    except Exception:  # the cluster went away: its size is simply not recorded
-        return {}
-    return {"ray_nodes": str(nodes), "ray_cpus": f"{total.get('CPU', 0):g}", "ray_gpus": f"{total.get('GPU', 0):g}"}
-
-
-def _default_concurrency(res: Any) -> int:
-    """Trials at once when the study does not say (0: as many as Tune can place).
-
-    A multi-worker trial's Tune process holds no CPU (its Ray Train workers do), so Tune alone would start
-    every trial's driver at once; cap them at what the cluster can run now.
-    """
-    if res.workers == 1:
-        return 0
-    import ray
-
-    total = ray.cluster_resources()
-    fits = [total.get("CPU", 0) // (res.cpus_per_trial * res.workers)]
-    if res.gpus_per_trial:
-        fits.append(total.get("GPU", 0) // (res.gpus_per_trial * res.workers))
-    return max(1, int(min(fits)))
 
 
 def collect_outcomes(study: Study, tracker: StudyTracker) -> list[TrialOutcome]:

@@ -17,7 +17,7 @@ def ray_session():
     """One embedded local Ray for a test module, shut down at its end."""
     import ray
 
-    from orchestrator.runner import init_ray
+    from orchestrator.cluster import init_ray
 
     init_ray(None, dashboard=False, num_cpus=2)
     yield

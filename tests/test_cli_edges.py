@@ -121,6 +121,39 @@ def test_live_table_fits_a_narrow_terminal_and_logs_whole_lines(tty, monkeypatch
     assert (max(map(len, rows)) < 80) is tty and (max(map(len, rows)) > 80) is not tty
 
 
+def test_live_table_lists_trials_in_the_studys_order_whatever_order_they_started(monkeypatch):
+    from orchestrator.progress import ProgressTable
+
+    monkeypatch.setenv("COLUMNS", "200")
+    stream = _Stream(False)
+    table = ProgressTable({"a": "width=16", "b": "width=128"}, "fd_classifier", None, refresh=0, stream=stream)
+    trials = [_Trial("b"), _Trial("a")]  # Tune's order: the longest first
+    table.on_trial_result(0, trials, trials[0], {"step": 10, "total_steps": 40, "fd_classifier": 9.5, "loss_d": 0.5})
+    rows = [line.split()[0] for line in stream.getvalue().splitlines()[1:]]
+    assert rows == ["width=16", "width=128"]
+
+
+def test_trials_start_with_the_most_training_left(tmp_path):
+    """Tune starts trials in the order it is given: the quickstart's widest first, so with 2 slots for 4
+    trials it trains beside the others instead of last; a trial resumed near its end, or one only to be
+    re-scored, goes behind; equal trials keep the grid's order."""
+    from orchestrator.plan import compute_columns
+    from orchestrator.runner import TrialAction, start_order
+    from orchestrator.study import load_study
+
+    study = load_study(Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml",
+                       [f"output_dir={tmp_path}", "grid.train.seed=[0,1]"])
+    columns = {t.trial_id: compute_columns(t) for t in study.trials}
+    new = {t.trial_id: TrialAction("new", 0, 400) for t in study.trials}
+    order = [(t.config.model.width, t.config.train.seed) for t in start_order(study.trials, columns, new)]
+    assert order == [(w, s) for w in (128, 64, 32, 16) for s in (0, 1)]
+    widest = next(t for t in study.trials if t.config.model.width == 128 and t.config.train.seed == 0)
+    narrowest = next(t for t in study.trials if t.config.model.width == 16 and t.config.train.seed == 0)
+    actions = {**new, widest.trial_id: TrialAction("resume", 399, 400), narrowest.trial_id: TrialAction("rescore", 400, 400)}
+    order = [t.trial_id for t in start_order(study.trials, columns, actions)]
+    assert order[-2:] == [widest.trial_id, narrowest.trial_id]
+
+
 def test_encode_loads_the_vae_before_building_the_dataset(tmp_path, capsys, monkeypatch):
     """A folder that exists but holds no AutoencoderKL is found out before thousands of images are drawn."""
     import gat_core.data

@@ -206,10 +206,10 @@ def test_killed_data_parallel_worker_resumes_the_trial(tmp_path):
 
 
 def test_multi_worker_trials_at_once_default_to_what_the_cluster_holds(ray_session):
-    from orchestrator.runner import _default_concurrency
+    from orchestrator.cluster import default_concurrency
     from orchestrator.study import ResourcesConfig
 
-    assert _default_concurrency(ResourcesConfig(workers=1)) == 0  # Tune places single-worker trials itself
-    assert _default_concurrency(ResourcesConfig(workers=2, cpus_per_trial=1)) == 1  # 2 CPUs: one trial of 2 x 1
-    assert _default_concurrency(ResourcesConfig(workers=2, cpus_per_trial=0.5)) == 2
-    assert _default_concurrency(ResourcesConfig(workers=2, gpus_per_trial=1)) == 1  # no GPU here: at least one
+    assert default_concurrency(ResourcesConfig(workers=1)) == 0  # Tune places single-worker trials itself
+    assert default_concurrency(ResourcesConfig(workers=2, cpus_per_trial=1)) == 1  # 2 CPUs: one trial of 2 x 1
+    assert default_concurrency(ResourcesConfig(workers=2, cpus_per_trial=0.5)) == 2
+    assert default_concurrency(ResourcesConfig(workers=2, gpus_per_trial=1)) == 1  # no GPU here: at least one

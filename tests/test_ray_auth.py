@@ -142,7 +142,7 @@ def test_a_token_file_alone_is_enough(auth_head):
     address, token, temp = auth_head
     token_file = Path(temp) / "token"
     token_file.write_text(token)
-    code = (f"from orchestrator.runner import init_ray; init_ray({address!r}, False); import ray; "
+    code = (f"from orchestrator.cluster import init_ray; init_ray({address!r}, False); import ray; "
             "print('answer', ray.get(ray.remote(lambda: 6 * 7).remote()))")
     result = subprocess.run([sys.executable, "-c", code], env=clean_env(RAY_AUTH_TOKEN_PATH=str(token_file)),
                             cwd=ROOT, capture_output=True, text=True, timeout=300)

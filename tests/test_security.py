@@ -12,7 +12,7 @@ from tests.helpers import listening, ray_pids
 def local_ray():
     import ray
 
-    from orchestrator.runner import init_ray
+    from orchestrator.cluster import init_ray
 
     init_ray(None, dashboard=False, num_cpus=1)
     yield ray
