@@ -21,4 +21,3 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         yield
     finally:  # Ray's handler was installed from C: Python cannot put it back, the default is the next best
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-

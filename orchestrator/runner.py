@@ -205,7 +205,6 @@ def _attempt(trial_id: str, config_json: str, run_id: str, *, tracking_uri: str,
                   tags=scored)
 
 
-
 @dataclass(frozen=True)
 class TrialAction:
     """What `run` does with one trial, given its child run: `new` (no run yet), `resume` (unfinished),
@@ -409,8 +408,6 @@ def _fit(study: Study, todo: list, run_ids: dict[str, str], uri: str, out: Path,
             tuner.fit()  # Ctrl-C: Tune stops the trials and returns; MLflow says which ones finished
     except KeyboardInterrupt:
         pass
-
-
 
 
 def collect_outcomes(study: Study, tracker: StudyTracker) -> list[TrialOutcome]:

@@ -184,8 +184,8 @@ EXPECTED: dict[str, dict] = {'gat': {'events': [('start', 0, {'classifier_accura
 # digits, at most 2.8e-4 relative (a logit of 0.2) over the 6 steps, against changes of percents from any
 # change of behaviour.  There they are compared to REL / ABS.  Within the family, another generation's
 # LAPACK kernels (an EPYC with AVX-512 against the recording one) moved 7 float64 Frechet distances by at most
-# 8.5e-16 relative and nothing else: there they are compared to FLOAT64_REL, the float32 training numbers
-# stay exact.
+# 8.5e-16 relative and nothing else: there every float is compared to FLOAT64_REL, far below a float32's last
+# digit (1e-7), so the training numbers are still held exact.
 RECORDED_CPU = "AMD EPYC"
 REL, ABS = 1e-3, 1e-9  # relative: a logged lr of 5e-3 off by 1 % must not pass on its absolute size
 FLOAT64_REL = 1e-12
